@@ -1,0 +1,70 @@
+"""crmkit: a plugin-extensible CRM framework and SDK.
+
+``from crmkit import hookimpl`` is all a plugin needs. The application API
+(:class:`CRM`, the domain classes and errors) is imported on first use, so
+that importing crmkit, as every plugin module does, stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .core.hookspecs import hookimpl, hookspec
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .core.app import CRM
+    from .core.errors import (
+        ConfigError,
+        Conflict,
+        CrmError,
+        DatabaseError,
+        DeploymentError,
+        DuplicateError,
+        NotFound,
+        PermissionDenied,
+        PluginError,
+        Problem,
+        ValidationError,
+    )
+    from .core.model import Channel, Client, ClientKind, Contact, Role, Segment, Team, User
+    from .core.store import Session
+
+_LAZY = {
+    "CRM": "crmkit.core.app",
+    "Session": "crmkit.core.store",
+    **{
+        name: "crmkit.core.model"
+        for name in ("Channel", "Client", "ClientKind", "Contact", "Role", "Segment", "Team", "User")
+    },
+    **{
+        name: "crmkit.core.errors"
+        for name in (
+            "ConfigError",
+            "Conflict",
+            "CrmError",
+            "DatabaseError",
+            "DeploymentError",
+            "DuplicateError",
+            "NotFound",
+            "PermissionDenied",
+            "PluginError",
+            "Problem",
+            "ValidationError",
+        )
+    },
+}
+
+__all__ = ["__version__", "hookimpl", "hookspec", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'crmkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,1 @@
+"""The minimal core: contracts only (model, tables, store, hooks, plugins, errors)."""

@@ -1,0 +1,328 @@
+"""The application object: :class:`CRM` opens a deployment and hands out sessions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event, inspect, select
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+from .config import CONFIG_NAME, Config, find_root, render_config
+from .errors import CrmError, DatabaseError, DeploymentError, NotFound, ValidationError
+from .model import Channel, Role, Segment, User
+from .plugins import Plugins, load_plugins
+from .store import Session, _user
+
+
+class CRM:
+    """A crmkit deployment: its configuration, plugins and database.
+
+    Open an existing deployment with :meth:`open`, make a new one with
+    :meth:`create`, then work in sessions::
+
+        crm = CRM.open("mycrm")
+        with crm.session(as_user="anna") as s:
+            acme = s.clients.create(name="Acme", email="buy@acme.example")
+    """
+
+    def __init__(self, config: Config, plugins: Plugins) -> None:
+        self.config = config
+        self.plugins = plugins
+        self._initialised = False
+
+    # -- opening ---------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        plugins: Plugins | None = None,
+        entry_points: bool = True,
+    ) -> CRM:
+        """Open the deployment in ``path`` (default: ``CRMKIT_DIR`` or the current folder).
+
+        ``plugins`` replaces plugin loading (tests pass a ready
+        :class:`~crmkit.core.plugins.Plugins`); ``entry_points=False`` loads
+        only the built-in plugins and the modules named in ``crmkit.toml``.
+        """
+        config = Config.load(find_root(path))
+        if plugins is None:
+            plugins = load_plugins(
+                entry_points=entry_points,
+                modules=config.plugin_modules,
+                disable=config.plugin_disable,
+            )
+        crm = cls(config, plugins)
+        plugins.startup(crm=crm)
+        return crm
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        database_url: str | None = None,
+        admin: str = "admin",
+        admin_name: str | None = None,
+        plugins: Plugins | None = None,
+        entry_points: bool = True,
+    ) -> CRM:
+        """Make a new deployment: write ``crmkit.toml``, migrate the database, add the admin.
+
+        Refuses a folder that already holds a deployment. When anything fails,
+        the files it wrote are removed again.
+        """
+        root = Path(path).expanduser().resolve()
+        config_path = root / CONFIG_NAME
+        if config_path.exists():
+            raise DeploymentError(
+                f"{root} already holds a crmkit deployment; refusing to overwrite it",
+                field="path",
+            )
+        if root.exists() and not root.is_dir():
+            raise DeploymentError(f"{root} is not a folder", field="path")
+        from .store import _LOGIN
+
+        if not _LOGIN.match(admin):
+            raise ValidationError("must be lowercase letters, digits or . _ @ -", field="admin")
+        made_dir = not root.exists()
+        root.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(render_config(database_url=database_url, admin=admin), "utf-8")
+        crm = None
+        try:
+            crm = cls.open(root, plugins=plugins, entry_points=entry_points)
+            crm.upgrade()
+            crm._add_admin(admin, admin_name or "Administrator")
+        except BaseException:
+            if crm is not None:
+                crm.close()
+            _remove_new_files(root, made_dir, database_url)
+            raise
+        return crm
+
+    # -- plugin registries -------------------------------------------------------
+    @cached_property
+    def segments(self) -> dict[str, Segment]:
+        """Segments registered by plugins, with ``crmkit.toml`` overrides applied."""
+        from .validation import check_schema
+
+        found: dict[str, Segment] = {}
+        for seg in self.plugins.segments():
+            if seg.name in found:
+                raise CrmError(f"segment {seg.name!r} is registered twice", field="segments")
+            found[seg.name] = seg
+        for name, override in self.config.segments.items():
+            if name not in found:
+                raise DeploymentError(
+                    f"crmkit.toml overrides segment {name!r}, which no plugin registers "
+                    f"(known: {', '.join(sorted(found)) or 'none'})",
+                    field=f"segments.{name}",
+                )
+            seg = found[name]
+            schema = override.get("schema", seg.schema)
+            check_schema(schema, field=f"segments.{name}.schema")
+            found[name] = Segment(
+                name=name,
+                title=override.get("title", seg.title),
+                schema=schema,
+                description=seg.description,
+                plugin=seg.plugin,
+            )
+        for seg in found.values():
+            check_schema(seg.schema, field=f"segments.{seg.name}.schema")
+        return found
+
+    def segment(self, name: str) -> Segment:
+        """The segment called ``name``; raises :class:`ValidationError` naming the known ones."""
+        try:
+            return self.segments[name]
+        except KeyError:
+            known = ", ".join(sorted(self.segments)) or "none; install a segment plugin"
+            raise ValidationError(
+                f"unknown segment {name!r} (known: {known})", field="segment"
+            ) from None
+
+    @cached_property
+    def channels(self) -> dict[str, Channel]:
+        """Marketing channels from plugins and ``[clients] channels``."""
+        found: dict[str, Channel] = {}
+        for item in [*self.plugins.source_channels(), *self.config.channels]:
+            if isinstance(item, str):
+                item = {"name": item}
+            name = item["name"]
+            found[name] = Channel(name=name, title=item.get("title") or name.replace("_", " "))
+        return found
+
+    def channel(self, name: str) -> Channel:
+        """The channel called ``name``; raises :class:`ValidationError` naming the known ones."""
+        try:
+            return self.channels[name]
+        except KeyError:
+            known = ", ".join(sorted(self.channels)) or "none"
+            raise ValidationError(
+                f"unknown channel {name!r} (known: {known}; add one under [clients] channels)",
+                field="source",
+            ) from None
+
+    # -- database ---------------------------------------------------------------
+    @cached_property
+    def metadata(self) -> MetaData:
+        """The core's tables plus every plugin's."""
+        from .schema import build_metadata
+
+        return build_metadata(self.plugins)
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (SQLite: WAL, foreign keys, real transactions)."""
+        return make_engine(self.config.database_url, echo=self.config.echo)
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Any]:
+        """A connection in a transaction, with database errors made readable."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise _database_error(exc, self.config.database_url) from None
+
+    @contextlib.contextmanager
+    def session(self, as_user: str | int | None = None) -> Iterator[Session]:
+        """A unit of work acting as ``as_user`` (login or id; default: the deployment's admin).
+
+        Everything done in the ``with`` block commits at its end, or rolls
+        back if it raises.
+        """
+        login = self.config.admin if as_user is None else as_user
+        with self.connect() as conn:
+            self._require_initialised(conn)
+            users = self.metadata.tables["users"]
+            col = users.c.id if isinstance(login, int) else users.c.login
+            row = conn.execute(select(users).where(col == login)).first()
+            if row is None:
+                raise NotFound(f"no user {login!r} in this deployment", field="as_user")
+            user = _user(row)
+            if not user.active:
+                raise DeploymentError(f"user {user.login!r} is deactivated", field="as_user")
+            try:
+                yield Session(self, conn, user)
+            except (ProgrammingError, OperationalError) as exc:
+                if _missing_table(exc):
+                    raise DatabaseError(
+                        f"the database lacks a table ({exc.orig}); run 'crmkit db upgrade'"
+                    ) from exc
+                raise
+
+    def _require_initialised(self, conn: Any) -> None:
+        if self._initialised:
+            return
+        if not inspect(conn).has_table("alembic_version"):
+            raise DatabaseError(
+                "the database has no crmkit schema; run 'crmkit db upgrade' "
+                "(or 'crmkit init' for a new deployment)",
+                field="database",
+            )
+        self._initialised = True
+
+    def _add_admin(self, login: str, name: str) -> User:
+        from .schema import utcnow
+
+        users = self.metadata.tables["users"]
+        with self.connect() as conn:
+            conn.execute(
+                users.insert().values(
+                    login=login, name=name, role=Role.ADMIN.value, active=True, created_at=utcnow()
+                )
+            )
+        with self.session(as_user=login) as s:
+            user = s.user
+            s.record("user", user.id, "created", {"login": login, "role": "admin"})
+        return user
+
+    # -- migrations --------------------------------------------------------------
+    def upgrade(self, branch: str | None = None, revision: str = "head") -> None:
+        """Bring the database to ``revision`` (every branch, or only ``branch``)."""
+        from . import migrate
+
+        migrate.upgrade(self, branch=branch, revision=revision)
+
+    def schema_status(self) -> list[dict[str, Any]]:
+        """Per branch: current revision, head revision, and whether it is up to date."""
+        from . import migrate
+
+        return migrate.status(self)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+            del self.__dict__["engine"]
+
+    def __enter__(self) -> CRM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<CRM {self.config.root}>"
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, foreign keys and real BEGIN/COMMIT."""
+    try:
+        engine = create_engine(url, echo=echo, future=True)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise DatabaseError(f"cannot use database URL {_safe(url)}: {exc}", field="database.url") from None
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below drive transactions
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def _database_error(exc: SADatabaseError, url: str) -> DatabaseError:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return DatabaseError(f"cannot reach the database {_safe(url)}: {reason}", field="database")
+
+
+def _missing_table(exc: SADatabaseError) -> bool:
+    text = str(exc.orig).lower()
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
+
+
+def _remove_new_files(root: Path, made_dir: bool, database_url: str | None) -> None:
+    (root / CONFIG_NAME).unlink(missing_ok=True)
+    if database_url is None:
+        for suffix in ("", "-wal", "-shm"):
+            (root / f"crmkit.db{suffix}").unlink(missing_ok=True)
+    if made_dir:
+        with contextlib.suppress(OSError):
+            root.rmdir()

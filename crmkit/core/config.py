@@ -1,0 +1,210 @@
+"""Reading and writing a deployment's ``crmkit.toml``.
+
+A deployment is a folder holding ``crmkit.toml`` and, by default, the SQLite
+database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
+
+.. code-block:: toml
+
+    [database]
+    url = "sqlite:///crmkit.db"   # any SQLAlchemy URL; relative SQLite paths are
+                                  # relative to the deployment folder
+    [crmkit]
+    admin = "admin"               # the login that acts when no --as is given
+
+    [plugins]
+    modules = []                  # extra plugin modules by dotted name
+    disable = []                  # plugin names not to load
+
+    [clients]
+    channels = []                 # extra marketing channels
+
+    [segments.NAME]
+    schema = { ... }              # replaces a plugin segment's JSON Schema
+
+    [plugin.NAME]                 # each plugin's own settings
+
+``CRMKIT_DATABASE_URL`` overrides ``database.url`` (so a password need not
+be written in the file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from attrs import field, frozen
+
+from .errors import ConfigError, DeploymentError
+
+CONFIG_NAME = "crmkit.toml"
+DEFAULT_DB_NAME = "crmkit.db"
+
+CONFIG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "database": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string", "minLength": 1},
+                "echo": {"type": "boolean"},
+            },
+        },
+        "crmkit": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"admin": {"type": "string", "minLength": 1}},
+        },
+        "plugins": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "modules": {"type": "array", "items": {"type": "string"}},
+                "disable": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "clients": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "channels": {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            {"type": "string", "minLength": 1},
+                            {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {
+                                    "name": {"type": "string", "minLength": 1},
+                                    "title": {"type": "string"},
+                                },
+                                "additionalProperties": False,
+                            },
+                        ]
+                    },
+                }
+            },
+        },
+        "segments": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "title": {"type": "string"},
+                    "schema": {"type": "object"},
+                },
+            },
+        },
+        "plugin": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+}
+
+
+@frozen
+class Config:
+    """A deployment's settings, read from ``crmkit.toml``."""
+
+    root: Path
+    database_url: str
+    admin: str = "admin"
+    echo: bool = False
+    plugin_modules: tuple[str, ...] = ()
+    plugin_disable: tuple[str, ...] = ()
+    channels: tuple[Any, ...] = ()
+    segments: dict[str, dict[str, Any]] = field(factory=dict)
+    plugin_settings: dict[str, dict[str, Any]] = field(factory=dict)
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str]) -> Config:
+        """Read ``root/crmkit.toml``; raises :class:`DeploymentError` when absent."""
+        root = Path(root).resolve()
+        path = root / CONFIG_NAME
+        if not path.is_file():
+            raise DeploymentError(
+                f"no crmkit deployment in {root} (no {CONFIG_NAME}); "
+                "create one with 'crmkit init DIR' or select one with -C DIR / CRMKIT_DIR",
+                field="deployment",
+            )
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", field=CONFIG_NAME) from None
+        return cls.from_dict(root, data)
+
+    @classmethod
+    def from_dict(cls, root: Path, data: dict[str, Any]) -> Config:
+        """Validate ``data`` (the parsed TOML) and build a Config."""
+        from .validation import schema_problems
+
+        problems = schema_problems(CONFIG_SCHEMA, data)
+        if problems:
+            first = problems[0]
+            raise ConfigError(
+                f"{CONFIG_NAME}: {first.field or 'file'}: {first.reason}", field=first.field
+            )
+        db = data.get("database", {})
+        url = os.environ.get("CRMKIT_DATABASE_URL") or db.get(
+            "url", f"sqlite:///{DEFAULT_DB_NAME}"
+        )
+        return cls(
+            root=root,
+            database_url=resolve_sqlite_url(url, root),
+            admin=data.get("crmkit", {}).get("admin", "admin"),
+            echo=db.get("echo", False),
+            plugin_modules=tuple(data.get("plugins", {}).get("modules", ())),
+            plugin_disable=tuple(data.get("plugins", {}).get("disable", ())),
+            channels=tuple(data.get("clients", {}).get("channels", ())),
+            segments=data.get("segments", {}),
+            plugin_settings=data.get("plugin", {}),
+        )
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        """The ``[plugin.NAME]`` table (empty when absent)."""
+        return dict(self.plugin_settings.get(name, {}))
+
+
+def resolve_sqlite_url(url: str, root: Path) -> str:
+    """Make a relative SQLite file path absolute against the deployment folder."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////"):
+        rest = url[len(prefix) :]
+        if rest and rest != ":memory:" and not rest.startswith("file:"):
+            return prefix + str((root / rest).resolve())
+    return url
+
+
+def render_config(*, database_url: str | None, admin: str) -> str:
+    """The text of a new ``crmkit.toml``."""
+    url = database_url or f"sqlite:///{DEFAULT_DB_NAME}"
+    return f"""\
+# crmkit deployment settings: see https://crmkit.readthedocs.io/en/latest/config.html
+# (or docs/config.rst). CRMKIT_DATABASE_URL overrides database.url.
+
+[database]
+url = {json.dumps(url)}
+
+[crmkit]
+# The user that acts when a command is given no --as LOGIN.
+admin = {json.dumps(admin)}
+
+[plugins]
+# Extra plugin modules to load by dotted name, and plugins not to load.
+modules = []
+disable = []
+
+[clients]
+# Marketing channels beyond those that plugins register.
+channels = []
+"""
+
+
+def find_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The deployment folder: ``explicit``, else ``CRMKIT_DIR``, else the current folder."""
+    chosen = explicit or os.environ.get("CRMKIT_DIR") or "."
+    return Path(chosen).expanduser().resolve()

@@ -1,0 +1,121 @@
+"""The plugin contract: every hook crmkit calls.
+
+A plugin is any module or object with functions named like these hooks and
+marked with :data:`crmkit.hookimpl`. Conventions:
+
+* **Registration hooks** (``crmkit_segments``, ``crmkit_tables`` ...) return a
+  list (or ``None``); the core merges the lists of all plugins.
+* **Event hooks** (``crmkit_client_saved``) are told about a change inside
+  the change's transaction; an exception raised there rolls the change back.
+* **Check hooks** (``crmkit_check_client``) return a list of
+  :class:`~crmkit.core.errors.Problem` (or strings); every problem from every
+  plugin is reported at once.
+
+All hooks are called with keyword arguments, so an implementation may accept
+only the arguments it needs. Hooks are never called at import time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+    from sqlalchemy import MetaData
+
+    from .app import CRM
+    from .model import Client, Segment
+    from .store import Session
+
+hookspec = pluggy.HookspecMarker("crmkit")
+hookimpl = pluggy.HookimplMarker("crmkit")
+
+
+@hookspec
+def crmkit_segments() -> list[Segment] | None:
+    """Register client segments.
+
+    Return a list of :class:`crmkit.Segment`: a name, a title and the JSON
+    Schema of the segment's parameters. A client whose ``segment`` is set has
+    its ``params`` validated against that schema on every save: the values
+    present are checked (types, ranges, formats), while the schema's top-level
+    ``required`` list states which primary fields make the card *complete*
+    (see :meth:`crmkit.Segment.validate`). Two plugins may not register the
+    same name; a deployment can override a segment's schema in
+    ``crmkit.toml`` (``[segments.NAME] schema = {...}``).
+    """
+
+
+@hookspec
+def crmkit_source_channels() -> list[str | dict[str, Any]] | None:
+    """Register marketing channels, the formal list of a client's ``source``.
+
+    Return names (``"website"``) or dicts with ``name`` and ``title``.
+    A deployment may add its own under ``[clients] channels`` in
+    ``crmkit.toml``. A client whose ``source`` is not a known channel is
+    refused, so that reports per channel stay clean.
+    """
+
+
+@hookspec
+def crmkit_tables(metadata: MetaData) -> None:
+    """Add a plugin's own SQLAlchemy tables to ``metadata``.
+
+    Define ``sqlalchemy.Table`` objects on the given ``metadata`` (the core's
+    tables are already on it, so foreign keys to ``clients.id`` work). Pair
+    this hook with :func:`crmkit_migrations`, which creates the tables.
+    """
+
+
+@hookspec
+def crmkit_migrations() -> list[dict[str, str]] | None:
+    """Register a plugin's Alembic version branch.
+
+    Return ``[{"branch": "my_plugin", "path": "/abs/path/to/versions"}]``.
+    The folder holds ordinary Alembic revision files; the plugin's first
+    revision has ``branch_labels = ("my_plugin",)``, ``down_revision = None``
+    and ``depends_on = "crmkit_core_0001"`` (or a later core revision) when its
+    tables reference the core's. ``crmkit db upgrade`` brings every branch to
+    its head; ``crmkit db upgrade --branch my_plugin`` only that one.
+    """
+
+
+@hookspec
+def crmkit_cli(cli: click.Group) -> None:
+    """Add commands to the ``crmkit`` command line.
+
+    Called once on the root :class:`click.Group` at start-up. Import heavy
+    modules inside the command functions, never at module level: every
+    ``crmkit`` call, ``--help`` included, loads every plugin module.
+    """
+
+
+@hookspec
+def crmkit_startup(crm: CRM) -> None:
+    """Called once when a deployment is opened (:meth:`crmkit.CRM.open`).
+
+    Use it to check the plugin's configuration (``crm.config.plugin("name")``)
+    and fail early with :class:`crmkit.ConfigError`.
+    """
+
+
+@hookspec
+def crmkit_check_client(session: Session, client: Client, changes: dict[str, Any]) -> list[Any] | None:
+    """Check a client card before it is saved.
+
+    ``client`` is the card as it will be stored; ``changes`` holds the fields
+    being set (all fields on create). Return a list of problems
+    (:class:`crmkit.Problem` or strings); any problem refuses the save, and
+    every problem of every plugin is reported in one message.
+    """
+
+
+@hookspec
+def crmkit_client_saved(session: Session, client: Client, created: bool) -> None:
+    """Called after a client card was inserted (``created``) or updated.
+
+    Runs inside the session's transaction: writes made through ``session``
+    commit or roll back together with the card.
+    """

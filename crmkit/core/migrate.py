@@ -1,0 +1,99 @@
+"""Alembic, driven from Python: one version branch for the core, one per plugin.
+
+The core's revisions live in ``crmkit/core/migrations/versions`` on the
+branch ``crmkit``; a plugin registers its own folder and branch through the
+``crmkit_migrations`` hook. Everything runs in one transaction per upgrade,
+so a failed migration leaves the database as it was (PostgreSQL and SQLite
+both have transactional DDL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DatabaseError, PluginError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alembic.config import Config as AlembicConfig
+
+    from .app import CRM
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+CORE_BRANCH = "crmkit"
+
+
+def alembic_config(crm: CRM, connection: Any = None) -> AlembicConfig:
+    """An Alembic config for ``crm``: the core's and every plugin's version folders."""
+    from alembic.config import Config as AlembicConfig
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    locations = [str(MIGRATIONS / "versions")]
+    for item in crm.plugins.migrations():
+        path = item.get("path") if isinstance(item, dict) else None
+        if not path or not Path(path).is_dir():
+            raise PluginError(
+                f"crmkit_migrations returned {item!r}: 'path' must be an existing folder",
+                field="crmkit_migrations",
+            )
+        locations.append(str(Path(path).resolve()))
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", os.pathsep.join(locations))
+    cfg.attributes["connection"] = connection
+    cfg.attributes["metadata"] = crm.metadata
+    return cfg
+
+
+def branches(crm: CRM) -> dict[str, str]:
+    """Branch label -> head revision of every registered branch."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(crm))
+    found: dict[str, str] = {}
+    for head in script.get_revisions("heads"):
+        assert head is not None
+        labels = _labels(script, head.revision)
+        for label in labels or {head.revision}:
+            found[label] = head.revision
+    return found
+
+
+def _labels(script: Any, revision: str) -> set[str]:
+    labels: set[str] = set()
+    for rev in script.iterate_revisions(revision, "base"):
+        labels |= set(rev.branch_labels)
+    return labels
+
+
+def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> None:
+    """Upgrade every branch (or one) to ``revision``, in one transaction."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    target = "heads" if branch is None and revision == "head" else f"{branch}@{revision}" if branch else revision
+    with crm.connect() as conn:
+        cfg = alembic_config(crm, conn)
+        try:
+            command.upgrade(cfg, target)
+        except CommandError as exc:
+            raise DatabaseError(f"cannot upgrade to {target!r}: {exc}", field="branch") from None
+
+
+def status(crm: CRM) -> list[dict[str, Any]]:
+    """Per branch: current revision, head revision and ``up_to_date``."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = alembic_config(crm)
+    script = ScriptDirectory.from_config(cfg)
+    with crm.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    rows = []
+    for label, head in sorted(branches(crm).items()):
+        branch_revs = {r.revision for r in script.iterate_revisions(head, "base")}
+        mine = sorted(current & branch_revs)
+        cur = mine[0] if mine else None
+        rows.append({"branch": label, "current": cur, "head": head, "up_to_date": cur == head})
+    return rows

@@ -1,0 +1,222 @@
+"""Building the plugin manager.
+
+Every :class:`crmkit.CRM` and every CLI run gets a fresh manager from
+:func:`make_plugin_manager`; there is no module-global manager. Plugins come
+from three places, in this order:
+
+1. the built-in plugins in :data:`DEFAULT_PLUGINS` (``crmkit/plugins/``),
+   registered exactly like external ones;
+2. installed distributions that declare an entry point in the ``crmkit``
+   group (``[project.entry-points.crmkit]``);
+3. modules named in the deployment's ``crmkit.toml``
+   (``[plugins] modules = ["mycompany.crm_rules"]``).
+
+Environment switches:
+
+``CRMKIT_LOAD_PLUGINS``
+    Comma-separated allow-list of entry-point names to load; set but empty
+    loads no external plugin.
+``CRMKIT_STRICT_PLUGINS``
+    ``1`` turns a plugin that fails to load from a warning into an error.
+``CRMKIT_TRACE_PLUGINS``
+    ``1`` prints every hook call and its result to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import warnings
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, Problem
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+    from sqlalchemy import MetaData
+
+    from .app import CRM
+    from .model import Client, Segment
+    from .store import Session
+
+DEFAULT_PLUGINS: tuple[str, ...] = ("crmkit.plugins.channels",)
+ENTRY_POINT_GROUP = "crmkit"
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin failed to load and was skipped."""
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_plugins(
+    *,
+    entry_points: bool = True,
+    modules: Iterable[str] = (),
+    disable: Iterable[str] = (),
+    strict: bool | None = None,
+) -> Plugins:
+    """A new :class:`Plugins` with the built-ins, entry points and ``modules`` loaded.
+
+    ``disable`` names plugins (entry-point or module names) to block.
+    ``strict`` defaults to the ``CRMKIT_STRICT_PLUGINS`` switch.
+    """
+    if strict is None:
+        strict = _truthy(os.environ.get("CRMKIT_STRICT_PLUGINS"))
+    plugins = Plugins()
+    pm = plugins.pm
+    for name in disable:
+        pm.set_blocked(name)
+    for dotted in DEFAULT_PLUGINS:
+        if not pm.is_blocked(dotted):
+            pm.register(importlib.import_module(dotted), name=dotted)
+    if entry_points:
+        _load_entry_points(plugins, strict=strict)
+    for dotted in modules:
+        _guarded(plugins, dotted, lambda d=dotted: importlib.import_module(d), strict=strict)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
+    if _truthy(os.environ.get("CRMKIT_TRACE_PLUGINS")):
+        _trace(pm)
+    return plugins
+
+
+def _load_entry_points(plugins: Plugins, *, strict: bool) -> None:
+    from importlib.metadata import entry_points
+
+    allow = os.environ.get("CRMKIT_LOAD_PLUGINS")
+    allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+    seen: set[str] = set()
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add(ep.name)
+        if allowed is not None and ep.name not in allowed:
+            continue
+        _guarded(plugins, ep.name, ep.load, strict=strict, dist=ep.dist)
+
+
+def _guarded(plugins: Plugins, name: str, load: Any, *, strict: bool, dist: Any = None) -> None:
+    pm = plugins.pm
+    if pm.is_blocked(name) or pm.has_plugin(name):
+        return
+    try:
+        pm.register(load(), name=name)
+        if dist is not None:
+            plugins.distributions[name] = dist
+    except Exception as exc:
+        message = f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}"
+        if strict:
+            raise PluginError(message) from exc
+        warnings.warn(message, PluginLoadWarning, stacklevel=2)
+
+
+def _trace(pm: pluggy.PluginManager) -> None:
+    def before(hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+        names = [i.plugin_name for i in impls]
+        print(f"crmkit: {hook_name}({', '.join(kwargs)}) -> {names}", file=sys.stderr)
+
+    def after(outcome: Any, hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+        print(f"crmkit: {hook_name} returned {outcome.get_result()!r}", file=sys.stderr)
+
+    pm.add_hookcall_monitoring(before, after)
+
+
+class Plugins:
+    """A typed face of the pluggy manager: one method per hook.
+
+    The core calls ``crm.plugins.segments()`` rather than ``pm.hook...`` so
+    that the merge rules of each hook live in one place and mypy checks them.
+    ``pm`` is the underlying :class:`pluggy.PluginManager`, for tests and
+    tools that register plugins by hand.
+    """
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("crmkit")
+        self.pm.add_hookspecs(hookspecs)
+        self.distributions: dict[str, Any] = {}
+
+    # -- registration hooks -------------------------------------------------
+    def segments(self) -> list[Segment]:
+        return _flatten(self.pm.hook.crmkit_segments())
+
+    def source_channels(self) -> list[str | dict[str, Any]]:
+        return _flatten(self.pm.hook.crmkit_source_channels())
+
+    def tables(self, metadata: MetaData) -> None:
+        self.pm.hook.crmkit_tables(metadata=metadata)
+
+    def migrations(self) -> list[dict[str, str]]:
+        return _flatten(self.pm.hook.crmkit_migrations())
+
+    def cli(self, cli: click.Group) -> None:
+        self.pm.hook.crmkit_cli(cli=cli)
+
+    # -- lifecycle and event hooks -----------------------------------------
+    def startup(self, crm: CRM) -> None:
+        self.pm.hook.crmkit_startup(crm=crm)
+
+    def check_client(
+        self, session: Session, client: Client, changes: dict[str, Any]
+    ) -> list[Problem]:
+        found = _flatten(
+            self.pm.hook.crmkit_check_client(session=session, client=client, changes=changes)
+        )
+        return [p if isinstance(p, Problem) else Problem(None, str(p)) for p in found]
+
+    def client_saved(self, session: Session, client: Client, created: bool) -> None:
+        self.pm.hook.crmkit_client_saved(session=session, client=client, created=created)
+
+    # -- introspection ------------------------------------------------------
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` (a module, class or instance with hook implementations)."""
+        return self.pm.register(plugin, name=name)
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        self.pm.unregister(plugin, name=name)
+
+    def infos(self, *, include_builtin: bool = False) -> list[dict[str, Any]]:
+        """Name, version, distribution and hooks of every registered plugin."""
+        infos = []
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:  # blocked
+                continue
+            builtin = name in DEFAULT_PLUGINS
+            if builtin and not include_builtin:
+                continue
+            dist = self.distributions.get(name)
+            if dist is not None:
+                version = dist.version
+            elif builtin:
+                from crmkit import __version__ as version
+            else:
+                version = getattr(plugin, "__version__", None)
+            hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+            infos.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "distribution": dist.metadata["Name"] if dist is not None else None,
+                    "builtin": builtin,
+                    "hooks": hooks,
+                }
+            )
+        return sorted(infos, key=lambda i: (not i["builtin"], i["name"]))
+
+
+def _flatten(results: Iterable[Any]) -> list[Any]:
+    """Merge the lists returned by a registration hook, in registration order."""
+    merged: list[Any] = []
+    for result in reversed(list(results)):  # pluggy calls last-registered first
+        if result:
+            merged.extend(result)
+    return merged

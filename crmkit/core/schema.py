@@ -1,0 +1,152 @@
+"""The core's SQLAlchemy tables, on one :class:`~sqlalchemy.MetaData`.
+
+Plugins add their own tables to the same metadata through the
+``crmkit_tables`` hook (see :func:`build_metadata`). Timestamps are stored in
+UTC and come back timezone-aware; JSON columns are JSONB on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeDecorator
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins import Plugins
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware datetime stored as UTC on every database."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: crmkit stores timezone-aware times")
+        value = value.astimezone(dt.UTC)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def core_metadata() -> MetaData:
+    """A new MetaData holding the core's tables (and nothing else)."""
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    Table(
+        "teams",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(200), nullable=False, unique=True),
+        Column("parent_id", Integer, ForeignKey("teams.id", ondelete="RESTRICT"), nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    Table(
+        "users",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("login", String(100), nullable=False, unique=True),
+        Column("name", String(200), nullable=False),
+        Column("role", String(20), nullable=False),
+        Column("team_id", Integer, ForeignKey("teams.id", ondelete="SET NULL"), nullable=True),
+        Column("active", Boolean, nullable=False, default=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    clients = Table(
+        "clients",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("kind", String(20), nullable=False, default="company"),
+        Column("name", String(300), nullable=False),
+        Column("email", String(254), nullable=True),
+        Column("phone", String(40), nullable=True),
+        Column("requisites", JSONType, nullable=False, default=dict),
+        Column("segment", String(100), nullable=True, index=True),
+        Column("params", JSONType, nullable=False, default=dict),
+        Column("owner_id", Integer, ForeignKey("users.id", ondelete="RESTRICT"), index=True),
+        Column("source", String(100), nullable=True, index=True),
+        Column("external_id", String(200), nullable=True, unique=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
+        Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    Index("uq_clients_email_lower", func.lower(clients.c.email), unique=True)
+    Table(
+        "contacts",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column(
+            "client_id",
+            Integer,
+            ForeignKey("clients.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        Column("name", String(300), nullable=False),
+        Column("position", String(200), nullable=True),
+        Column("email", String(254), nullable=True),
+        Column("phone", String(40), nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    events = Table(
+        "events",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("at", UTCDateTime, nullable=False, default=utcnow, index=True),
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("entity", String(50), nullable=False),
+        Column("entity_id", Integer, nullable=False),
+        Column("action", String(50), nullable=False),
+        Column("data", JSONType, nullable=False, default=dict),
+    )
+    Index("ix_events_entity", events.c.entity, events.c.entity_id)
+    return metadata
+
+
+def build_metadata(plugins: Plugins | None = None) -> MetaData:
+    """The core's tables plus every plugin's (``crmkit_tables`` hook)."""
+    metadata = core_metadata()
+    if plugins is not None:
+        plugins.tables(metadata)
+    return metadata
+
+
+__all__ = ["NAMING_CONVENTION", "JSONType", "UTCDateTime", "build_metadata", "core_metadata", "Text"]

@@ -1,0 +1,645 @@
+"""The unit of work: a :class:`Session` bound to one acting user.
+
+A session wraps one database transaction: everything done through it commits
+together when the ``with`` block ends, or rolls back when it raises. Its
+repositories (``s.clients``, ``s.contacts``, ``s.users``, ``s.teams``) are
+thin layers of validation over SQLAlchemy Core statements; they return the
+frozen attrs objects of :mod:`crmkit.core.model`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Row, Table, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from .errors import (
+    DuplicateError,
+    NotFound,
+    PermissionDenied,
+    Problem,
+    ValidationError,
+)
+from .model import Client, ClientKind, Contact, Role, Team, User
+from .schema import utcnow
+from .validation import normalize_email, normalize_phone, require_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .app import CRM
+
+_LOGIN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")
+_MISSING: Any = object()
+
+
+class Session:
+    """One transaction, acting as ``user``. Made by :meth:`crmkit.CRM.session`."""
+
+    def __init__(self, crm: CRM, connection: Connection, user: User) -> None:
+        self.crm = crm
+        self.connection = connection
+        self.user = user
+        self.tables = crm.metadata.tables
+        self.users = Users(self)
+        self.teams = Teams(self)
+        self.clients = Clients(self)
+        self.contacts = Contacts(self)
+
+    def table(self, name: str) -> Table:
+        """A table by name, the core's or a plugin's."""
+        return self.tables[name]
+
+    def record(self, entity: str, entity_id: int, action: str, data: dict[str, Any]) -> None:
+        """Store an event (who did what to which object, and the details)."""
+        self.connection.execute(
+            insert(self.tables["events"]).values(
+                at=utcnow(),
+                user_id=self.user.id,
+                entity=entity,
+                entity_id=entity_id,
+                action=action,
+                data=data,
+            )
+        )
+
+    def events(self, entity: str, entity_id: int) -> list[dict[str, Any]]:
+        """The stored events of one object, oldest first."""
+        t = self.tables["events"]
+        users = self.tables["users"]
+        rows = self.connection.execute(
+            select(t.c.at, t.c.action, t.c.data, users.c.login.label("user"))
+            .select_from(t.outerjoin(users, users.c.id == t.c.user_id))
+            .where(t.c.entity == entity, t.c.entity_id == entity_id)
+            .order_by(t.c.id)
+        )
+        return [dict(r._mapping) for r in rows]
+
+    def require_role(self, *roles: Role) -> None:
+        """Raise :class:`PermissionDenied` unless the acting user has one of ``roles``."""
+        if self.user.role not in roles:
+            allowed = ", ".join(r.value for r in roles)
+            raise PermissionDenied(
+                f"user {self.user.login!r} ({self.user.role.value}) may not do this; "
+                f"it needs the role {allowed}"
+            )
+
+
+class _Repo:
+    table_name: str
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self.t = session.tables[self.table_name]
+
+    @property
+    def conn(self) -> Connection:
+        return self.s.connection
+
+    def _insert(self, values: dict[str, Any]) -> int:
+        return int(self.conn.execute(insert(self.t).values(values).returning(self.t.c.id)).scalar_one())
+
+
+class Teams(_Repo):
+    """Teams of users; a team may have a parent (a department holds groups)."""
+
+    table_name = "teams"
+
+    def add(self, name: str, *, parent: str | int | None = None) -> Team:
+        """Create a team. Only an admin may."""
+        self.s.require_role(Role.ADMIN)
+        name = require_text(name, field="name", max_length=200)
+        parent_id = self.get(parent, field="parent").id if parent is not None else None
+        if self.find(name) is not None:
+            raise DuplicateError(f"a team named {name!r} already exists", field="name")
+        team_id = self._insert({"name": name, "parent_id": parent_id, "created_at": utcnow()})
+        self.s.record("team", team_id, "created", {"name": name, "parent_id": parent_id})
+        return self.get(team_id)
+
+    def find(self, ref: str | int) -> Team | None:
+        """The team with this id or name, or None."""
+        col = self.t.c.id if isinstance(ref, int) else self.t.c.name
+        row = self.conn.execute(select(self.t).where(col == ref)).first()
+        return Team(**row._mapping) if row else None
+
+    def get(self, ref: str | int, *, field: str = "team") -> Team:
+        """The team with this id or name; raises :class:`NotFound`."""
+        team = self.find(ref)
+        if team is None:
+            raise NotFound(f"no team {ref!r}", field=field)
+        return team
+
+    def list(self) -> list[Team]:
+        """All teams by name."""
+        return [Team(**r._mapping) for r in self.conn.execute(select(self.t).order_by(self.t.c.name))]
+
+    def subtree_ids(self, ref: str | int) -> list[int]:
+        """The ids of a team and of every team nested in it."""
+        root = self.get(ref).id
+        rows = self.conn.execute(select(self.t.c.id, self.t.c.parent_id)).all()
+        children: dict[int | None, list[int]] = {}
+        for team_id, parent_id in rows:
+            children.setdefault(parent_id, []).append(team_id)
+        found, todo = [], [root]
+        while todo:
+            current = todo.pop()
+            found.append(current)
+            todo.extend(children.get(current, []))
+        return sorted(found)
+
+
+class Users(_Repo):
+    """The employees who work in the CRM."""
+
+    table_name = "users"
+
+    def add(
+        self,
+        login: str,
+        *,
+        role: Role | str,
+        name: str | None = None,
+        team: str | int | None = None,
+        active: bool = True,
+    ) -> User:
+        """Create a user. Only an admin may."""
+        self.s.require_role(Role.ADMIN)
+        values = self._validate(
+            {"login": login, "role": role, "name": name or login, "team": team, "active": active}
+        )
+        if self.find(values["login"]) is not None:
+            raise DuplicateError(f"a user with login {values['login']!r} already exists", field="login")
+        values["created_at"] = utcnow()
+        user_id = self._insert(values)
+        self.s.record("user", user_id, "created", _jsonable(values))
+        return self.get(user_id)
+
+    def update(self, ref: str | int, **changes: Any) -> User:
+        """Change a user's ``name``, ``role``, ``team`` or ``active`` flag. Only an admin may."""
+        self.s.require_role(Role.ADMIN)
+        user = self.get(ref)
+        unknown = set(changes) - {"name", "role", "team", "active"}
+        if unknown:
+            raise ValidationError("cannot be changed", field=sorted(unknown)[0])
+        values = self._validate(changes)
+        if values:
+            self.conn.execute(update(self.t).where(self.t.c.id == user.id).values(values))
+            self.s.record("user", user.id, "updated", _jsonable(values))
+        return self.get(user.id)
+
+    def _validate(self, values: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for key, value in values.items():
+            try:
+                if key == "login":
+                    login = str(value).strip()
+                    if not _LOGIN.match(login):
+                        raise ValidationError(
+                            "must be 1-100 lowercase letters, digits or . _ @ -, "
+                            "starting with a letter or digit",
+                            field="login",
+                        )
+                    out["login"] = login
+                elif key == "role":
+                    out["role"] = _enum(Role, value, "role").value
+                elif key == "name":
+                    out["name"] = require_text(value, field="name", max_length=200)
+                elif key == "team":
+                    out["team_id"] = None if value is None else self.s.teams.get(value).id
+                elif key == "active":
+                    out["active"] = bool(value)
+            except (ValidationError, NotFound) as exc:
+                problems.append(Problem(exc.field, exc.message))
+        if problems:
+            raise ValidationError.from_problems(problems)
+        return out
+
+    def find(self, ref: str | int) -> User | None:
+        """The user with this id or login, or None."""
+        col = self.t.c.id if isinstance(ref, int) else self.t.c.login
+        row = self.conn.execute(select(self.t).where(col == ref)).first()
+        return _user(row) if row else None
+
+    def get(self, ref: str | int, *, field: str = "user") -> User:
+        """The user with this id or login; raises :class:`NotFound`."""
+        user = self.find(ref)
+        if user is None:
+            raise NotFound(f"no user {ref!r}", field=field)
+        return user
+
+    def list(
+        self,
+        *,
+        team: str | int | None = None,
+        role: Role | str | None = None,
+        active: bool | None = None,
+    ) -> list[User]:
+        """Users by login; ``team`` includes the teams nested in it."""
+        q = select(self.t).order_by(self.t.c.login)
+        if team is not None:
+            q = q.where(self.t.c.team_id.in_(self.s.teams.subtree_ids(team)))
+        if role is not None:
+            q = q.where(self.t.c.role == _enum(Role, role, "role").value)
+        if active is not None:
+            q = q.where(self.t.c.active == active)
+        return [_user(r) for r in self.conn.execute(q)]
+
+
+class Clients(_Repo):
+    """Client cards."""
+
+    table_name = "clients"
+    fields = (
+        "name",
+        "kind",
+        "email",
+        "phone",
+        "requisites",
+        "segment",
+        "params",
+        "owner",
+        "source",
+        "external_id",
+        "created_at",
+    )
+
+    def create(
+        self,
+        name: str,
+        *,
+        kind: ClientKind | str = ClientKind.COMPANY,
+        email: str | None = None,
+        phone: str | None = None,
+        requisites: dict[str, Any] | None = None,
+        segment: str | None = None,
+        params: dict[str, Any] | None = None,
+        owner: str | int | None = None,
+        source: str | None = None,
+        external_id: str | None = None,
+        created_at: Any = None,
+    ) -> Client:
+        """Create a client card; the owner defaults to the acting user.
+
+        Raises :class:`ValidationError` listing every bad field, or
+        :class:`DuplicateError` naming the client that already has this
+        email (case-insensitive) or external id.
+        """
+        given = {
+            "name": name,
+            "kind": kind,
+            "email": email,
+            "phone": phone,
+            "requisites": requisites or {},
+            "segment": segment,
+            "params": params or {},
+            "owner": self.s.user.id if owner is None else owner,
+            "source": source,
+            "external_id": external_id,
+        }
+        values = self._validate(given)
+        now = utcnow()
+        values["created_at"] = created_at if created_at is not None else now
+        values["updated_at"] = now
+        self._check_duplicates(values, exclude_id=None)
+        self._check_plugins(values, changes=values)
+        try:
+            client_id = self._insert(values)
+        except IntegrityError:  # a concurrent insert won the race
+            self._check_duplicates(values, exclude_id=None)
+            raise
+        client = self.get(client_id)
+        self.s.record("client", client_id, "created", _jsonable(values))
+        self.s.crm.plugins.client_saved(session=self.s, client=client, created=True)
+        return client
+
+    def update(self, client_id: int, **changes: Any) -> Client:
+        """Change fields of a card; ``None`` clears an optional field.
+
+        Setting ``segment`` re-validates ``params`` against the new segment.
+        """
+        current = self.get(client_id)
+        unknown = set(changes) - (set(self.fields) - {"created_at"})
+        if unknown:
+            raise ValidationError("is not a field that can be updated", field=sorted(unknown)[0])
+        if "segment" in changes and "params" not in changes:
+            changes["params"] = current.params  # re-check them against the new segment
+        if "params" in changes and "segment" not in changes:
+            changes["segment"] = current.segment
+        values = self._validate(changes)
+        old = _row_values(current)
+        diff = {k: v for k, v in values.items() if old.get(k) != v}
+        if not diff:
+            return current
+        merged = {**old, **values}
+        self._check_duplicates(merged, exclude_id=client_id)
+        self._check_plugins(merged, changes=diff)
+        diff["updated_at"] = utcnow()
+        self.conn.execute(update(self.t).where(self.t.c.id == client_id).values(diff))
+        client = self.get(client_id)
+        self.s.record(
+            "client",
+            client_id,
+            "updated",
+            {k: {"old": _jsonable({k: old.get(k)})[k], "new": _jsonable({k: v})[k]}
+             for k, v in diff.items() if k != "updated_at"},
+        )
+        self.s.crm.plugins.client_saved(session=self.s, client=client, created=False)
+        return client
+
+    def get(self, client_id: int) -> Client:
+        """The client with this id; raises :class:`NotFound`."""
+        row = self.conn.execute(self._select().where(self.t.c.id == client_id)).first()
+        if row is None:
+            raise NotFound(f"no client with id {client_id}", field="client")
+        return _client(row)
+
+    def find(self, *, email: str | None = None, external_id: str | None = None) -> Client | None:
+        """The client with this email (case-insensitive) or external id, or None."""
+        conds = []
+        if email:
+            conds.append(func.lower(self.t.c.email) == email.strip().lower())
+        if external_id:
+            conds.append(self.t.c.external_id == external_id.strip())
+        if not conds:
+            return None
+        for cond in conds:  # external id first when both are given: it is the stronger key
+            row = self.conn.execute(self._select().where(cond)).first()
+            if row is not None:
+                return _client(row)
+        return None
+
+    def list(
+        self,
+        *,
+        owner: str | int | None = None,
+        segment: str | None = None,
+        source: str | None = None,
+        search: str | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> list[Client]:
+        """Clients, newest first, filtered by owner login, segment, source or a name search."""
+        return [_client(r) for r in self.conn.execute(
+            self._filtered(owner=owner, segment=segment, source=source, search=search)
+            .order_by(self.t.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )]
+
+    def count(self, **filters: Any) -> int:
+        """How many clients :meth:`list` would find without a limit."""
+        q = self._filtered(**filters).with_only_columns(func.count()).order_by(None)
+        return int(self.conn.execute(q).scalar_one())
+
+    def iter(self, batch_size: int = 1000, **filters: Any) -> Iterator[Client]:
+        """Every matching client, in id order, fetched in batches (bounded memory)."""
+        last = 0
+        while True:
+            rows = self.conn.execute(
+                self._filtered(**filters).where(self.t.c.id > last).order_by(self.t.c.id).limit(batch_size)
+            ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _client(row)
+            last = rows[-1].id
+
+    # -- internals ---------------------------------------------------------
+    def _select(self) -> Any:
+        users = self.s.tables["users"]
+        return select(self.t, users.c.login.label("owner")).select_from(
+            self.t.outerjoin(users, users.c.id == self.t.c.owner_id)
+        )
+
+    def _filtered(
+        self,
+        *,
+        owner: str | int | None = None,
+        segment: str | None = None,
+        source: str | None = None,
+        search: str | None = None,
+    ) -> Any:
+        q = self._select()
+        if owner is not None:
+            q = q.where(self.t.c.owner_id == self.s.users.get(owner, field="owner").id)
+        if segment is not None:
+            q = q.where(self.t.c.segment == segment)
+        if source is not None:
+            q = q.where(self.t.c.source == source)
+        if search:
+            q = q.where(func.lower(self.t.c.name).contains(search.lower(), autoescape=True))
+        return q
+
+    def _validate(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Normalise the given fields; every problem is reported at once."""
+        crm = self.s.crm
+        out: dict[str, Any] = {}
+        problems: list[Problem] = []
+
+        def check(key: str, fn: Callable[[Any], Any]) -> None:
+            if key not in given:
+                return
+            try:
+                out[_column(key)] = fn(given[key])
+            except (ValidationError, NotFound) as exc:
+                problems.extend(getattr(exc, "problems", None) or [Problem(exc.field, exc.message)])
+
+        check("name", lambda v: require_text(v, field="name"))
+        check("kind", lambda v: _enum(ClientKind, v, "kind").value)
+        check("email", lambda v: normalize_email(v))
+        check("phone", lambda v: normalize_phone(v))
+        check("requisites", lambda v: _requisites(v))
+        check("segment", lambda v: None if v in (None, "") else crm.segment(v).name)
+        check("owner", lambda v: self._owner(v))
+        check("source", lambda v: None if v in (None, "") else crm.channel(v).name)
+        check("external_id", lambda v: _optional_text(v, field="external_id"))
+        if "params" in given:
+            params = given["params"]
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                problems.append(Problem("params", "must be an object of parameter names to values"))
+            else:
+                segment = out.get("segment", given.get("segment"))
+                if segment and "segment" not in {p.field for p in problems}:
+                    problems.extend(crm.segment(segment).validate(params))
+                out["params"] = params
+        if problems:
+            raise ValidationError.from_problems(problems)
+        return out
+
+    def _owner(self, ref: str | int) -> int:
+        user = self.s.users.get(ref, field="owner")
+        if not user.active:
+            raise ValidationError(f"user {user.login!r} is not active", field="owner")
+        return user.id
+
+    def _check_duplicates(self, values: dict[str, Any], exclude_id: int | None) -> None:
+        for key in ("external_id", "email"):
+            value = values.get(key)
+            if not value:
+                continue
+            existing = self.find(**{key: value})
+            if existing is not None and existing.id != exclude_id:
+                label = "external id" if key == "external_id" else "email"
+                raise DuplicateError(
+                    f"client #{existing.id} {existing.name!r} already has the {label} {value!r}",
+                    field=key,
+                    existing_id=existing.id,
+                )
+
+    def _check_plugins(self, values: dict[str, Any], *, changes: dict[str, Any]) -> None:
+        users = self.s.tables["users"]
+        owner = None
+        if values.get("owner_id") is not None:
+            owner = self.conn.execute(
+                select(users.c.login).where(users.c.id == values["owner_id"])
+            ).scalar()
+        candidate = Client(
+            id=values.get("id") or 0,
+            name=values["name"],
+            kind=ClientKind(values.get("kind", "company")),
+            email=values.get("email"),
+            phone=values.get("phone"),
+            requisites=values.get("requisites") or {},
+            segment=values.get("segment"),
+            params=values.get("params") or {},
+            owner_id=values.get("owner_id"),
+            owner=owner,
+            source=values.get("source"),
+            external_id=values.get("external_id"),
+            created_at=values.get("created_at"),
+            updated_at=values.get("updated_at"),
+        )
+        problems = self.s.crm.plugins.check_client(session=self.s, client=candidate, changes=changes)
+        if problems:
+            raise ValidationError.from_problems(problems)
+
+
+class Contacts(_Repo):
+    """Contact persons of clients."""
+
+    table_name = "contacts"
+
+    def add(
+        self,
+        client_id: int,
+        name: str,
+        *,
+        position: str | None = None,
+        email: str | None = None,
+        phone: str | None = None,
+    ) -> Contact:
+        """Add a contact person to a client."""
+        client = self.s.clients.get(client_id)
+        problems: list[Problem] = []
+        values: dict[str, Any] = {"client_id": client.id, "created_at": utcnow()}
+        for key, fn, value in (
+            ("name", lambda v: require_text(v, field="name"), name),
+            ("position", lambda v: _optional_text(v, field="position"), position),
+            ("email", normalize_email, email),
+            ("phone", normalize_phone, phone),
+        ):
+            try:
+                values[key] = fn(value)
+            except ValidationError as exc:
+                problems.append(Problem(exc.field, exc.message))
+        if problems:
+            raise ValidationError.from_problems(problems)
+        if values["email"]:
+            dup = self.conn.execute(
+                select(self.t.c.id, self.t.c.name).where(
+                    self.t.c.client_id == client.id,
+                    func.lower(self.t.c.email) == values["email"].lower(),
+                )
+            ).first()
+            if dup is not None:
+                raise DuplicateError(
+                    f"contact #{dup.id} {dup.name!r} of client #{client.id} already has this email",
+                    field="email",
+                    existing_id=dup.id,
+                )
+        contact_id = self._insert(values)
+        self.s.record("contact", contact_id, "created", _jsonable(values))
+        return self.get(contact_id)
+
+    def get(self, contact_id: int) -> Contact:
+        """The contact with this id; raises :class:`NotFound`."""
+        row = self.conn.execute(select(self.t).where(self.t.c.id == contact_id)).first()
+        if row is None:
+            raise NotFound(f"no contact with id {contact_id}", field="contact")
+        return Contact(**row._mapping)
+
+    def list(self, client_id: int) -> list[Contact]:
+        """The contact persons of a client."""
+        self.s.clients.get(client_id)
+        rows = self.conn.execute(
+            select(self.t).where(self.t.c.client_id == client_id).order_by(self.t.c.id)
+        )
+        return [Contact(**r._mapping) for r in rows]
+
+
+# -- helpers -----------------------------------------------------------------
+def _column(key: str) -> str:
+    return "owner_id" if key == "owner" else key
+
+
+def _enum(cls: Any, value: Any, field: str) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in cls)
+        raise ValidationError(f"{value!r} is not one of {choices}", field=field) from None
+
+
+def _optional_text(value: Any, *, field: str) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return require_text(str(value), field=field, max_length=200)
+
+
+def _requisites(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValidationError("must be an object of names to values", field="requisites")
+    for key, item in value.items():
+        if not isinstance(item, str | int | float | bool) and item is not None:
+            raise ValidationError("must be text or a number", field=f"requisites.{key}")
+    return dict(value)
+
+
+def _user(row: Row[Any]) -> User:
+    data = dict(row._mapping)
+    data["role"] = Role(data["role"])
+    return User(**data)
+
+
+def _client(row: Row[Any]) -> Client:
+    data = dict(row._mapping)
+    data["kind"] = ClientKind(data["kind"])
+    return Client(**data)
+
+
+def _row_values(client: Client) -> dict[str, Any]:
+    return {
+        "name": client.name,
+        "kind": client.kind.value,
+        "email": client.email,
+        "phone": client.phone,
+        "requisites": client.requisites,
+        "segment": client.segment,
+        "params": client.params,
+        "owner_id": client.owner_id,
+        "source": client.source,
+        "external_id": client.external_id,
+        "created_at": client.created_at,
+        "updated_at": client.updated_at,
+    }
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        out[key] = value.isoformat() if hasattr(value, "isoformat") else value
+    return out
