@@ -36,7 +36,16 @@ _LAZY = {
     "Session": "crmkit.core.store",
     **{
         name: "crmkit.core.model"
-        for name in ("Channel", "Client", "ClientKind", "Contact", "Role", "Segment", "Team", "User")
+        for name in (
+            "Channel",
+            "Client",
+            "ClientKind",
+            "Contact",
+            "Role",
+            "Segment",
+            "Team",
+            "User",
+        )
     },
     **{
         name: "crmkit.core.errors"
@@ -56,7 +65,32 @@ _LAZY = {
     },
 }
 
-__all__ = ["__version__", "hookimpl", "hookspec", *_LAZY]
+__all__ = [
+    "CRM",
+    "Channel",
+    "Client",
+    "ClientKind",
+    "ConfigError",
+    "Conflict",
+    "Contact",
+    "CrmError",
+    "DatabaseError",
+    "DeploymentError",
+    "DuplicateError",
+    "NotFound",
+    "PermissionDenied",
+    "PluginError",
+    "Problem",
+    "Role",
+    "Segment",
+    "Session",
+    "Team",
+    "User",
+    "ValidationError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+]
 
 
 def __getattr__(name: str) -> Any:

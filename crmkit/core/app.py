@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, select
-from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from .config import CONFIG_NAME, Config, find_root, render_config
 from .errors import CrmError, DatabaseError, DeploymentError, NotFound, ValidationError
@@ -279,7 +279,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     try:
         engine = create_engine(url, echo=echo, future=True)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise DatabaseError(f"cannot use database URL {_safe(url)}: {exc}", field="database.url") from None
+        raise DatabaseError(
+            f"cannot use database URL {_safe(url)}: {exc}", field="database.url"
+        ) from None
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine, "connect")

@@ -149,9 +149,7 @@ class Config:
                 f"{CONFIG_NAME}: {first.field or 'file'}: {first.reason}", field=first.field
             )
         db = data.get("database", {})
-        url = os.environ.get("CRMKIT_DATABASE_URL") or db.get(
-            "url", f"sqlite:///{DEFAULT_DB_NAME}"
-        )
+        url = os.environ.get("CRMKIT_DATABASE_URL") or db.get("url", f"sqlite:///{DEFAULT_DB_NAME}")
         return cls(
             root=root,
             database_url=resolve_sqlite_url(url, root),
@@ -183,7 +181,7 @@ def render_config(*, database_url: str | None, admin: str) -> str:
     """The text of a new ``crmkit.toml``."""
     url = database_url or f"sqlite:///{DEFAULT_DB_NAME}"
     return f"""\
-# crmkit deployment settings: see https://crmkit.readthedocs.io/en/latest/config.html
+# crmkit deployment settings; every key is described in the "Configuration" page
 # (or docs/config.rst). CRMKIT_DATABASE_URL overrides database.url.
 
 [database]

@@ -102,7 +102,9 @@ def crmkit_startup(crm: CRM) -> None:
 
 
 @hookspec
-def crmkit_check_client(session: Session, client: Client, changes: dict[str, Any]) -> list[Any] | None:
+def crmkit_check_client(
+    session: Session, client: Client, changes: dict[str, Any]
+) -> list[Any] | None:
     """Check a client card before it is saved.
 
     ``client`` is the card as it will be stored; ``changes`` holds the fields

@@ -72,7 +72,13 @@ def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> N
     from alembic import command
     from alembic.util import CommandError
 
-    target = "heads" if branch is None and revision == "head" else f"{branch}@{revision}" if branch else revision
+    target = (
+        "heads"
+        if branch is None and revision == "head"
+        else f"{branch}@{revision}"
+        if branch
+        else revision
+    )
     with crm.connect() as conn:
         cfg = alembic_config(crm, conn)
         try:

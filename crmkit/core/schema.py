@@ -149,4 +149,11 @@ def build_metadata(plugins: Plugins | None = None) -> MetaData:
     return metadata
 
 
-__all__ = ["NAMING_CONVENTION", "JSONType", "UTCDateTime", "build_metadata", "core_metadata", "Text"]
+__all__ = [
+    "NAMING_CONVENTION",
+    "JSONType",
+    "Text",
+    "UTCDateTime",
+    "build_metadata",
+    "core_metadata",
+]

@@ -98,7 +98,9 @@ class _Repo:
         return self.s.connection
 
     def _insert(self, values: dict[str, Any]) -> int:
-        return int(self.conn.execute(insert(self.t).values(values).returning(self.t.c.id)).scalar_one())
+        return int(
+            self.conn.execute(insert(self.t).values(values).returning(self.t.c.id)).scalar_one()
+        )
 
 
 class Teams(_Repo):
@@ -132,7 +134,9 @@ class Teams(_Repo):
 
     def list(self) -> list[Team]:
         """All teams by name."""
-        return [Team(**r._mapping) for r in self.conn.execute(select(self.t).order_by(self.t.c.name))]
+        return [
+            Team(**r._mapping) for r in self.conn.execute(select(self.t).order_by(self.t.c.name))
+        ]
 
     def subtree_ids(self, ref: str | int) -> list[int]:
         """The ids of a team and of every team nested in it."""
@@ -169,7 +173,9 @@ class Users(_Repo):
             {"login": login, "role": role, "name": name or login, "team": team, "active": active}
         )
         if self.find(values["login"]) is not None:
-            raise DuplicateError(f"a user with login {values['login']!r} already exists", field="login")
+            raise DuplicateError(
+                f"a user with login {values['login']!r} already exists", field="login"
+            )
         values["created_at"] = utcnow()
         user_id = self._insert(values)
         self.s.record("user", user_id, "created", _jsonable(values))
@@ -342,8 +348,11 @@ class Clients(_Repo):
             "client",
             client_id,
             "updated",
-            {k: {"old": _jsonable({k: old.get(k)})[k], "new": _jsonable({k: v})[k]}
-             for k, v in diff.items() if k != "updated_at"},
+            {
+                k: {"old": _jsonable({k: old.get(k)})[k], "new": _jsonable({k: v})[k]}
+                for k, v in diff.items()
+                if k != "updated_at"
+            },
         )
         self.s.crm.plugins.client_saved(session=self.s, client=client, created=False)
         return client
@@ -381,12 +390,15 @@ class Clients(_Repo):
         offset: int = 0,
     ) -> list[Client]:
         """Clients, newest first, filtered by owner login, segment, source or a name search."""
-        return [_client(r) for r in self.conn.execute(
-            self._filtered(owner=owner, segment=segment, source=source, search=search)
-            .order_by(self.t.c.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )]
+        return [
+            _client(r)
+            for r in self.conn.execute(
+                self._filtered(owner=owner, segment=segment, source=source, search=search)
+                .order_by(self.t.c.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+        ]
 
     def count(self, **filters: Any) -> int:
         """How many clients :meth:`list` would find without a limit."""
@@ -398,7 +410,10 @@ class Clients(_Repo):
         last = 0
         while True:
             rows = self.conn.execute(
-                self._filtered(**filters).where(self.t.c.id > last).order_by(self.t.c.id).limit(batch_size)
+                self._filtered(**filters)
+                .where(self.t.c.id > last)
+                .order_by(self.t.c.id)
+                .limit(batch_size)
             ).all()
             if not rows:
                 return
@@ -513,7 +528,9 @@ class Clients(_Repo):
             created_at=values.get("created_at"),
             updated_at=values.get("updated_at"),
         )
-        problems = self.s.crm.plugins.check_client(session=self.s, client=candidate, changes=changes)
+        problems = self.s.crm.plugins.check_client(
+            session=self.s, client=candidate, changes=changes
+        )
         if problems:
             raise ValidationError.from_problems(problems)
 
