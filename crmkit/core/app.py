@@ -170,6 +170,11 @@ class CRM:
                 field="source",
             ) from None
 
+    def refresh(self) -> None:
+        """Forget what was read from plugins (after registering or unregistering one)."""
+        for name in ("segments", "channels"):
+            self.__dict__.pop(name, None)
+
     # -- database ---------------------------------------------------------------
     @cached_property
     def metadata(self) -> MetaData:

@@ -46,25 +46,35 @@ def alembic_config(crm: CRM, connection: Any = None) -> AlembicConfig:
     return cfg
 
 
-def branches(crm: CRM) -> dict[str, str]:
-    """Branch label -> head revision of every registered branch."""
+def branches(crm: CRM) -> dict[str, list[str]]:
+    """Branch label -> the revisions of that branch, newest (the head) first."""
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config(crm))
-    found: dict[str, str] = {}
+    found: dict[str, list[str]] = {}
     for head in script.get_revisions("heads"):
         assert head is not None
-        labels = _labels(script, head.revision)
+        lineage = _lineage(script, head.revision)
+        labels: set[str] = set()
+        for rev in lineage:
+            labels |= set(script.get_revision(rev).branch_labels)  # type: ignore[union-attr]
         for label in labels or {head.revision}:
-            found[label] = head.revision
+            found[label] = lineage
     return found
 
 
-def _labels(script: Any, revision: str) -> set[str]:
-    labels: set[str] = set()
-    for rev in script.iterate_revisions(revision, "base"):
-        labels |= set(rev.branch_labels)
-    return labels
+def _lineage(script: Any, revision: str) -> list[str]:
+    """``revision`` and its ancestors along ``down_revision`` (not ``depends_on``)."""
+    lineage: list[str] = []
+    todo = [revision]
+    while todo:
+        rev = script.get_revision(todo.pop(0))
+        if rev.revision in lineage:
+            continue
+        lineage.append(rev.revision)
+        down = rev.down_revision
+        todo.extend([down] if isinstance(down, str) else list(down or ()))
+    return lineage
 
 
 def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> None:
@@ -90,16 +100,14 @@ def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> N
 def status(crm: CRM) -> list[dict[str, Any]]:
     """Per branch: current revision, head revision and ``up_to_date``."""
     from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
 
-    cfg = alembic_config(crm)
-    script = ScriptDirectory.from_config(cfg)
     with crm.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
     rows = []
-    for label, head in sorted(branches(crm).items()):
-        branch_revs = {r.revision for r in script.iterate_revisions(head, "base")}
-        mine = sorted(current & branch_revs)
+    for label, lineage in sorted(branches(crm).items()):
+        mine = [rev for rev in lineage if rev in current]
         cur = mine[0] if mine else None
-        rows.append({"branch": label, "current": cur, "head": head, "up_to_date": cur == head})
+        rows.append(
+            {"branch": label, "current": cur, "head": lineage[0], "up_to_date": cur == lineage[0]}
+        )
     return rows

@@ -1,0 +1,3 @@
+from crmkit.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""``crmkit.testing``: pytest fixtures for crmkit and for plugin authors.
+
+Installed as a pytest plugin (entry point ``pytest11``), so any project that
+has crmkit installed can use these fixtures without importing anything:
+
+``crm``
+    A new deployment in ``tmp_path``, created with the built-in plugins plus
+    those named by the ``crmkit_plugins`` fixture (override it in your
+    ``conftest.py`` to return your plugin module). Entry points are not
+    loaded, so tests do not depend on what happens to be installed.
+``session``
+    A session on ``crm`` acting as its admin; committed after the test.
+``session_as``
+    ``session_as("anna")``: a context manager for a session as another user.
+``invoke``
+    Runs the ``crmkit`` CLI against ``crm``: ``invoke("client", "list")``
+    returns click's ``Result``; ``invoke(..., json=True)`` adds
+    ``--format json`` and parses stdout.
+``register_plugin``
+    ``register_plugin(obj)`` registers a plugin on ``crm`` for the rest of
+    the test and unregisters it afterwards.
+``crmkit_database_url``
+    The database for ``crm``: SQLite in ``tmp_path`` by default; a fresh
+    database on a throwaway PostgreSQL server with
+    ``--crmkit-database=postgresql`` or ``CRMKIT_TEST_DATABASE=postgresql``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json as jsonlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("crmkit")
+    group.addoption(
+        "--crmkit-database",
+        choices=DATABASES,
+        default=None,
+        help="Database for crmkit's test deployments (default: $CRMKIT_TEST_DATABASE or sqlite).",
+    )
+
+
+def database_kind(config: pytest.Config) -> str:
+    """``sqlite`` or ``postgresql``: where this run's test deployments live."""
+    chosen = config.getoption("--crmkit-database") or os.environ.get("CRMKIT_TEST_DATABASE")
+    chosen = (chosen or "sqlite").lower()
+    if chosen in ("postgres", "pg"):
+        chosen = "postgresql"
+    if chosen not in DATABASES:
+        raise pytest.UsageError(f"CRMKIT_TEST_DATABASE must be one of {', '.join(DATABASES)}")
+    return chosen
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"crmkit test database: {database_kind(config)}"
+
+
+@pytest.fixture(scope="session")
+def crmkit_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A throwaway PostgreSQL server for the whole test session."""
+    from crmkit.testing_postgres import PostgresServer
+
+    with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def crmkit_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """The URL of a fresh, empty database for this test (None: SQLite in the deployment)."""
+    if database_kind(request.config) == "sqlite":
+        return None
+    server = request.getfixturevalue("crmkit_postgres")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    url: str = server.create_database(name)
+    return url
+
+
+@pytest.fixture
+def crmkit_plugins() -> list[Any]:
+    """Plugins to register on the ``crm`` fixture; override it in your conftest.py."""
+    return []
+
+
+@pytest.fixture
+def crm_factory(
+    tmp_path: Path, crmkit_database_url: str | None, crmkit_plugins: list[Any]
+) -> Iterator[Callable[..., Any]]:
+    """``crm_factory(name="crm", plugins=None, admin="admin")`` makes a deployment."""
+    from crmkit.core.app import CRM
+    from crmkit.core.plugins import load_plugins
+
+    made: list[Any] = []
+    used_default_db = False
+
+    def make(
+        name: str = "crm",
+        *,
+        plugins: list[Any] | None = None,
+        admin: str = "admin",
+        database_url: str | None = None,
+    ) -> CRM:
+        nonlocal used_default_db
+        loaded = load_plugins(entry_points=False)
+        for plugin in crmkit_plugins if plugins is None else plugins:
+            loaded.register(plugin)
+        loaded.pm.check_pending()
+        if database_url is None and not used_default_db:
+            database_url = crmkit_database_url
+            used_default_db = True
+        crm = CRM.create(tmp_path / name, database_url=database_url, admin=admin, plugins=loaded)
+        made.append(crm)
+        return crm
+
+    yield make
+    for crm in made:
+        crm.close()
+
+
+@pytest.fixture
+def crm(crm_factory: Callable[..., Any]) -> Any:
+    """A new deployment in tmp_path with the admin user ``admin``."""
+    return crm_factory()
+
+
+@pytest.fixture
+def session(crm: Any) -> Iterator[Any]:
+    """A session on ``crm`` as its admin, committed at the end of the test."""
+    with crm.session() as s:
+        yield s
+
+
+@pytest.fixture
+def session_as(crm: Any) -> Callable[[str], contextlib.AbstractContextManager[Any]]:
+    """``with session_as("anna") as s: ...``: a session as another user."""
+    return lambda login: crm.session(as_user=login)
+
+
+@pytest.fixture
+def register_plugin(crm: Any) -> Iterator[Callable[..., Any]]:
+    """Register a plugin on ``crm`` until the end of the test."""
+    registered: list[Any] = []
+
+    def register(plugin: Any, name: str | None = None) -> Any:
+        crm.plugins.register(plugin, name=name)
+        crm.plugins.pm.check_pending()
+        registered.append(plugin)
+        crm.refresh()
+        return plugin
+
+    yield register
+    for plugin in registered:
+        crm.plugins.unregister(plugin)
+    crm.refresh()
+
+
+class CliResult:
+    """What a CLI run gave: exit code, output, and parsed JSON when asked for."""
+
+    def __init__(self, result: Any, parse_json: bool) -> None:
+        self.result = result
+        self.exit_code: int = result.exit_code
+        self.output: str = result.stdout
+        self.stderr: str = result.stderr
+        self.exception = result.exception
+        self.json: Any = None
+        if parse_json and result.exit_code == 0:
+            self.json = jsonlib.loads(result.stdout)
+
+    def __repr__(self) -> str:
+        return f"<CliResult exit={self.exit_code} stdout={self.output!r} stderr={self.stderr!r}>"
+
+
+@pytest.fixture
+def invoke(crm: Any) -> Callable[..., CliResult]:
+    """Run the crmkit CLI against ``crm`` (click's runner, in this process)."""
+    from click.testing import CliRunner
+
+    from crmkit.cli import build_cli
+
+    def run(
+        *args: str, as_user: str | None = None, json: bool = False, input: str | None = None
+    ) -> CliResult:
+        argv = ["-C", str(crm.config.root)]
+        if as_user:
+            argv += ["--as", as_user]
+        argv += [str(a) for a in args]
+        if json:
+            argv += ["--format", "json"]
+        runner = CliRunner()
+        result = runner.invoke(build_cli(crm.plugins), argv, obj=crm.plugins, input=input)
+        crm.refresh()  # the CLI may have changed what the deployment registers
+        return CliResult(result, json)
+
+    return run

@@ -1,0 +1,39 @@
+"""Shared helpers for crmkit's own tests (fixtures for users live in crmkit.testing)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """Install a fake distribution with a ``crmkit`` entry point on sys.path.
+
+    ``fake_distribution("crmkit-demo", "demo", "crmkit_demo", source)`` writes the
+    module and a ``.dist-info`` folder, so that ``importlib.metadata`` finds it
+    exactly as it finds a pip-installed plugin.
+    """
+    root = tmp_path / "site"
+    root.mkdir()
+    monkeypatch.syspath_prepend(str(root))
+    modules: list[str] = []
+
+    def make(dist: str, ep_name: str, module: str, source: str, version: str = "1.2.3") -> Path:
+        (root / f"{module}.py").write_text(textwrap.dedent(source), "utf-8")
+        info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", "utf-8"
+        )
+        (info / "entry_points.txt").write_text(f"[crmkit]\n{ep_name} = {module}\n", "utf-8")
+        modules.append(module)
+        return root
+
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)

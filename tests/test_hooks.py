@@ -1,0 +1,249 @@
+"""One test per hook (the meta-test in test_meta.py checks that none is missing)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import click
+import pytest
+from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, insert, select
+
+import crmkit
+from crmkit import ConfigError, Problem, Segment, ValidationError, hookimpl
+from crmkit.core.plugins import load_plugins
+
+
+def test_crmkit_segments(crm_factory):
+    class Plugin:
+        @hookimpl
+        def crmkit_segments(self):
+            return [Segment("retail", "Retail", {"type": "object", "properties": {"shops": {"type": "integer"}}})]
+
+    crm = crm_factory(plugins=[Plugin()])
+    assert crm.segment("retail").title == "Retail"
+    with crm.session() as s:
+        assert s.clients.create("R", segment="retail", params={"shops": 3}).segment == "retail"
+        with pytest.raises(ValidationError):
+            s.clients.create("R2", segment="retail", params={"shops": "many"})
+
+    class Twice:
+        @hookimpl
+        def crmkit_segments(self):
+            return [Segment("retail", "Again")]
+
+    crm.plugins.register(Twice())
+    crm.refresh()
+    with pytest.raises(crmkit.CrmError, match="registered twice"):
+        _ = crm.segments
+
+
+def test_crmkit_segments_overridden_in_config(crm_factory):
+    class Plugin:
+        @hookimpl
+        def crmkit_segments(self):
+            return [Segment("retail", "Retail", {"type": "object"})]
+
+    crm = crm_factory(plugins=[Plugin()])
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(
+        path.read_text()
+        + textwrap.dedent(
+            """
+            [segments.retail]
+            title = "Retail chains"
+            schema = {type = "object", properties = {shops = {type = "integer", minimum = 1}}}
+            """
+        )
+    )
+    reopened = crmkit.CRM.open(crm.config.root, plugins=crm.plugins)
+    assert reopened.segment("retail").title == "Retail chains"
+    with reopened.session() as s, pytest.raises(ValidationError, match="params.shops"):
+        s.clients.create("R", segment="retail", params={"shops": 0})
+    reopened.close()
+
+
+def test_crmkit_source_channels(crm_factory):
+    class Plugin:
+        @hookimpl
+        def crmkit_source_channels(self):
+            return ["marketplace", {"name": "webinar", "title": "Webinars"}]
+
+    crm = crm_factory(plugins=[Plugin()])
+    assert crm.channel("webinar").title == "Webinars"
+    with crm.session() as s:
+        assert s.clients.create("M", source="marketplace").source == "marketplace"
+
+
+def _notes_plugin(versions_dir):
+    """A plugin that owns a table and an Alembic branch, as integrators write them."""
+    versions_dir.mkdir()
+    (versions_dir / "notes_0001.py").write_text(
+        textwrap.dedent(
+            '''
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision = "notes_0001"
+            down_revision = None
+            branch_labels = ("notes",)
+            depends_on = "crmkit_0001"
+
+            def upgrade():
+                op.create_table(
+                    "notes",
+                    sa.Column("id", sa.Integer, primary_key=True),
+                    sa.Column("client_id", sa.Integer, sa.ForeignKey("clients.id"), nullable=False),
+                    sa.Column("text", sa.String(500), nullable=False),
+                )
+
+            def downgrade():
+                op.drop_table("notes")
+            '''
+        )
+    )
+
+    class Notes:
+        @hookimpl
+        def crmkit_tables(self, metadata):
+            Table(
+                "notes",
+                metadata,
+                Column("id", Integer, primary_key=True),
+                Column("client_id", Integer, ForeignKey("clients.id"), nullable=False),
+                Column("text", String(500), nullable=False),
+            )
+
+        @hookimpl
+        def crmkit_migrations(self):
+            return [{"branch": "notes", "path": str(versions_dir)}]
+
+    return Notes()
+
+
+def test_crmkit_tables(crm_factory, tmp_path):
+    crm = crm_factory(plugins=[_notes_plugin(tmp_path / "versions")])
+    assert "notes" in crm.metadata.tables
+    with crm.session() as s:
+        client = s.clients.create("Acme")
+        s.connection.execute(insert(s.table("notes")).values(client_id=client.id, text="hello"))
+    with crm.session() as s:
+        assert s.connection.execute(select(s.table("notes").c.text)).scalar_one() == "hello"
+
+
+def test_crmkit_migrations(crm_factory, tmp_path):
+    crm = crm_factory(plugins=[])  # made before the plugin was installed
+    with crm.session() as s:
+        s.clients.create("Kept", email="kept@example.com")
+    plugins = load_plugins(entry_points=False)
+    plugins.register(_notes_plugin(tmp_path / "versions"))
+    upgraded = crmkit.CRM.open(crm.config.root, plugins=plugins)
+    status = {row["branch"]: row for row in upgraded.schema_status()}
+    assert status["notes"]["current"] is None and not status["notes"]["up_to_date"]
+    upgraded.upgrade(branch="notes")
+    assert all(row["up_to_date"] for row in upgraded.schema_status())
+    with upgraded.session() as s:
+        assert inspect(s.connection).has_table("notes")
+        assert s.clients.find(email="kept@example.com").name == "Kept"
+    upgraded.close()
+
+
+def test_crmkit_migrations_bad_path(crm_factory, tmp_path):
+    class Bad:
+        @hookimpl
+        def crmkit_migrations(self):
+            return [{"branch": "bad", "path": str(tmp_path / "missing")}]
+
+    with pytest.raises(crmkit.PluginError, match="must be an existing folder"):
+        crm_factory(plugins=[Bad()])
+
+
+def test_crmkit_cli(crm_factory):
+    class Plugin:
+        @hookimpl
+        def crmkit_cli(self, cli):
+            @cli.command()
+            @click.pass_obj
+            def hello(state):
+                """Greet the acting user."""
+                with state.session() as s:
+                    click.echo(f"hello {s.user.login}")
+
+    crm = crm_factory(plugins=[Plugin()])
+    from click.testing import CliRunner
+
+    from crmkit.cli import build_cli
+
+    result = CliRunner().invoke(
+        build_cli(crm.plugins), ["-C", str(crm.config.root), "hello"], obj=crm.plugins
+    )
+    assert result.output == "hello admin\n"
+    assert "hello" not in build_cli(load_plugins(entry_points=False)).commands
+
+
+def test_crmkit_startup(crm):
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_startup(self, crm):
+            seen.append(crm.config.root)
+            if crm.config.plugin("strict").get("enabled") is not True:
+                raise ConfigError("set [plugin.strict] enabled = true", field="plugin.strict")
+
+    plugins = load_plugins(entry_points=False)
+    plugins.register(Plugin())
+    with pytest.raises(ConfigError, match="enabled = true"):
+        crmkit.CRM.open(crm.config.root, plugins=plugins)
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(path.read_text() + "\n[plugin.strict]\nenabled = true\n")
+    crmkit.CRM.open(crm.config.root, plugins=plugins).close()
+    assert seen == [crm.config.root, crm.config.root]
+
+
+def test_crmkit_check_client(crm, register_plugin):
+    class Plugin:
+        @hookimpl
+        def crmkit_check_client(self, session, client, changes):
+            problems = []
+            if client.kind == "company" and "tax_id" not in client.requisites:
+                problems.append(Problem("requisites.tax_id", "a company needs a tax id"))
+            if "name" in changes and client.name.isupper():
+                problems.append("name: do not shout")
+            return problems
+
+    register_plugin(Plugin())
+    with crm.session() as s:
+        with pytest.raises(ValidationError) as err:
+            s.clients.create("ACME")
+        assert [str(p) for p in err.value.problems] == [
+            "requisites.tax_id: a company needs a tax id",
+            "name: do not shout",
+        ]
+        ok = s.clients.create("Acme", requisites={"tax_id": "1"})
+        with pytest.raises(ValidationError, match="tax id"):
+            s.clients.update(ok.id, requisites={})
+        assert s.clients.create("Ivan", kind="person").kind == "person"
+
+
+def test_crmkit_client_saved(crm, register_plugin):
+    calls = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_client_saved(self, session, client, created):
+            calls.append((client.name, created))
+            session.record("client", client.id, "audited", {"by": "plugin"})
+            if client.name == "Fail":
+                raise RuntimeError("refused by plugin")
+
+    register_plugin(Plugin())
+    with crm.session() as s:
+        c = s.clients.create("Acme")
+        s.clients.update(c.id, name="Acme Ltd")
+    assert calls == [("Acme", True), ("Acme Ltd", False)]
+    with pytest.raises(RuntimeError), crm.session() as s:
+        s.clients.create("Fail")
+    with crm.session() as s:
+        assert s.clients.count() == 1  # the failing plugin rolled the save back
+        actions = [e["action"] for e in s.events("client", c.id)]
+        assert actions == ["created", "audited", "updated", "audited"]
