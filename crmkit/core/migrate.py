@@ -57,7 +57,7 @@ def branches(crm: CRM) -> dict[str, list[str]]:
         lineage = _lineage(script, head.revision)
         labels: set[str] = set()
         for rev in lineage:
-            labels |= set(script.get_revision(rev).branch_labels)  # type: ignore[union-attr]
+            labels |= set(script.get_revision(rev).branch_labels)
         for label in labels or {head.revision}:
             found[label] = lineage
     return found

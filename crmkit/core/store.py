@@ -9,6 +9,7 @@ frozen attrs objects of :mod:`crmkit.core.model`.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -138,7 +139,7 @@ class Teams(_Repo):
             Team(**r._mapping) for r in self.conn.execute(select(self.t).order_by(self.t.c.name))
         ]
 
-    def subtree_ids(self, ref: str | int) -> list[int]:
+    def subtree_ids(self, ref: str | int) -> builtins.list[int]:
         """The ids of a team and of every team nested in it."""
         root = self.get(ref).id
         rows = self.conn.execute(select(self.t.c.id, self.t.c.parent_id)).all()

@@ -48,10 +48,10 @@ def require_text(value: Any, *, field: str, max_length: int = 300) -> str:
     """A non-blank string of at most ``max_length`` characters."""
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("must not be empty", field=field)
-    value = value.strip()
-    if len(value) > max_length:
+    text: str = value.strip()
+    if len(text) > max_length:
         raise ValidationError(f"is longer than {max_length} characters", field=field)
-    return value
+    return text
 
 
 @lru_cache(maxsize=256)
