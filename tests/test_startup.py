@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 HEAVY = ("sqlalchemy", "sqlite3", "psycopg", "alembic", "jsonschema", "rich", "jinja2",
-         "starlette", "uvicorn", "cattrs")
+         "starlette", "uvicorn", "attrs", "cattrs")
 
 
 def test_help_imports_nothing_heavy():

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from attrs import frozen
-
 
 class CrmError(Exception):
     """Base class of all crmkit errors."""
@@ -65,15 +63,32 @@ class ValidationError(CrmError):
         return body
 
 
-@frozen
 class Problem:
-    """One unmet rule: the field (a dotted path, or None) and the reason."""
+    """One unmet rule: the field (a dotted path, or None) and the reason.
 
-    field: str | None
-    reason: str
+    A plain slotted class rather than attrs: this module is imported on every
+    ``crmkit`` start-up, ``--help`` included.
+    """
+
+    __slots__ = ("field", "reason")
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
 
     def __str__(self) -> str:
         return f"{self.field}: {self.reason}" if self.field else self.reason
+
+    def __repr__(self) -> str:
+        return f"Problem({self.field!r}, {self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Problem):
+            return NotImplemented
+        return (self.field, self.reason) == (other.field, other.reason)
+
+    def __hash__(self) -> int:
+        return hash((self.field, self.reason))
 
 
 class NotFound(CrmError):
