@@ -83,6 +83,7 @@ class State:
         return self.crm().session(as_user=self.as_user)
 
 
+#: Decorator for commands (plugins' too) that need the deployment: passes the :class:`State`.
 pass_state = click.make_pass_decorator(State)
 
 

@@ -87,7 +87,12 @@ def crmkit_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str |
 
 @pytest.fixture
 def crmkit_plugins() -> list[Any]:
-    """Plugins to register on the ``crm`` fixture; override it in your conftest.py."""
+    """Plugins to register on the ``crm`` fixture; override it in your conftest.py.
+
+    Items are plugin objects (modules, instances) or ``(name, plugin)`` pairs;
+    use the pair to register a plugin under its entry-point name, as an
+    installed plugin is.
+    """
     return []
 
 
@@ -112,7 +117,10 @@ def crm_factory(
         nonlocal used_default_db
         loaded = load_plugins(entry_points=False)
         for plugin in crmkit_plugins if plugins is None else plugins:
-            loaded.register(plugin)
+            if isinstance(plugin, tuple):  # (name, plugin): registered under that name
+                loaded.register(plugin[1], name=plugin[0])
+            else:
+                loaded.register(plugin)
         loaded.pm.check_pending()
         if database_url is None and not used_default_db:
             database_url = crmkit_database_url

@@ -11,6 +11,7 @@ import crmkit
 from crmkit.core.migrate import alembic_config
 
 
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_migrations_match_the_declared_tables(crm):
     with crm.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})

@@ -63,7 +63,8 @@ def test_entry_point_plugin_is_loaded_with_its_version(fake_distribution):
     assert "fake_channel" in plugins.source_channels()
 
 
-def test_broken_plugin_warns_and_the_rest_loads(fake_distribution):
+def test_broken_plugin_warns_and_the_rest_loads(fake_distribution, monkeypatch):
+    monkeypatch.setenv("CRMKIT_LOAD_PLUGINS", "broken,fake")  # ignore what else is installed
     fake_distribution("crmkit-broken", "broken", "crmkit_broken", BROKEN)
     fake_distribution("crmkit-fake", "fake", "crmkit_fake", GOOD)
     with pytest.warns(PluginLoadWarning, match="plugin 'broken' failed to load: ImportError"):
@@ -121,15 +122,30 @@ def test_plugins_command_lists_installed_plugins(fake_distribution):
     env.pop("CRMKIT_LOAD_PLUGINS", None)
     out = subprocess.run(
         [sys.executable, "-m", "crmkit", "plugins", "--format", "json"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     names = {p["name"]: p for p in json.loads(out)}
     assert names["fake"]["version"] == "1.2.3"
     assert "crmkit.plugins.channels" not in names
     out_all = subprocess.run(
-        [sys.executable, "-m", "crmkit", "plugins", "--all", "--hook", "crmkit_source_channels",
-         "--format", "json"],
-        capture_output=True, text=True, env=env, check=True,
+        [
+            sys.executable,
+            "-m",
+            "crmkit",
+            "plugins",
+            "--all",
+            "--hook",
+            "crmkit_source_channels",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     ).stdout
     assert {"crmkit.plugins.channels", "fake"} <= {p["name"] for p in json.loads(out_all)}
 

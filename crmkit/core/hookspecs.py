@@ -89,6 +89,13 @@ def crmkit_cli(cli: click.Group) -> None:
     Called once on the root :class:`click.Group` at start-up. Import heavy
     modules inside the command functions, never at module level: every
     ``crmkit`` call, ``--help`` included, loads every plugin module.
+
+    A command reaches the deployment through :data:`crmkit.cli.pass_state`,
+    which passes the :class:`crmkit.cli.State` of the root options
+    (``-C``, ``--as``): ``state.crm()`` opens the deployment and
+    ``state.session()`` starts a session as the acting user. Raise
+    :class:`crmkit.CrmError` subclasses for bad input; the CLI prints them
+    as one line with the right exit code.
     """
 
 
@@ -108,7 +115,8 @@ def crmkit_check_client(
     """Check a client card before it is saved.
 
     ``client`` is the card as it will be stored; ``changes`` holds the fields
-    being set (all fields on create). Return a list of problems
+    being set, by their API names (``owner`` is the owner's user id), all of
+    them on create. Return a list of problems
     (:class:`crmkit.Problem` or strings); any problem refuses the save, and
     every problem of every plugin is reported in one message.
     """

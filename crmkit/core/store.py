@@ -310,7 +310,7 @@ class Clients(_Repo):
         values["created_at"] = created_at if created_at is not None else now
         values["updated_at"] = now
         self._check_duplicates(values, exclude_id=None)
-        self._check_plugins(values, changes=values)
+        self._check_plugins(values, changes=_fields(values))
         try:
             client_id = self._insert(values)
         except IntegrityError:  # a concurrent insert won the race
@@ -341,7 +341,7 @@ class Clients(_Repo):
             return current
         merged = {**old, **values}
         self._check_duplicates(merged, exclude_id=client_id)
-        self._check_plugins(merged, changes=diff)
+        self._check_plugins(merged, changes=_fields(diff))
         diff["updated_at"] = utcnow()
         self.conn.execute(update(self.t).where(self.t.c.id == client_id).values(diff))
         client = self.get(client_id)
@@ -602,6 +602,15 @@ class Contacts(_Repo):
 # -- helpers -----------------------------------------------------------------
 def _column(key: str) -> str:
     return "owner_id" if key == "owner" else key
+
+
+def _fields(values: dict[str, Any]) -> dict[str, Any]:
+    """Column values back to the field names of the API (``owner_id`` -> ``owner``)."""
+    return {
+        ("owner" if key == "owner_id" else key): value
+        for key, value in values.items()
+        if key not in ("created_at", "updated_at")
+    }
 
 
 def _enum(cls: Any, value: Any, field: str) -> Any:
