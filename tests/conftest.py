@@ -11,7 +11,9 @@ import pytest
 
 
 @pytest.fixture
-def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+def fake_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Path]]:
     """Install a fake distribution with a ``crmkit`` entry point on sys.path.
 
     ``fake_distribution("crmkit-demo", "demo", "crmkit_demo", source)`` writes the

@@ -115,9 +115,19 @@ def test_client_add_prints_what_it_created(invoke):
 
 def test_client_params_are_parsed_with_the_schema(invoke):
     data = invoke(
-        "client", "add", "Shop", "--segment", "shop",
-        "--param", "area=120.5", "--param", "code=007", "--param", 'tags=["a","b"]',
-        "--requisite", "tax_id=0123",
+        "client",
+        "add",
+        "Shop",
+        "--segment",
+        "shop",
+        "--param",
+        "area=120.5",
+        "--param",
+        "code=007",
+        "--param",
+        'tags=["a","b"]',
+        "--requisite",
+        "tax_id=0123",
         json=True,
     ).json
     assert data["params"] == {"area": 120.5, "code": "007", "tags": ["a", "b"]}
@@ -224,7 +234,9 @@ def test_segment_and_channel_registries(invoke):
 def test_config_channels_extend_the_list(crm, invoke):
     path = crm.config.root / "crmkit.toml"
     path.write_text(
-        path.read_text().replace("channels = []", 'channels = ["yandex_direct", {name = "tv", title = "TV"}]')
+        path.read_text().replace(
+            "channels = []", 'channels = ["yandex_direct", {name = "tv", title = "TV"}]'
+        )
     )
     assert invoke("client", "add", "X", "--source", "tv").exit_code == 0
     assert invoke("client", "add", "Y", "--source", "yandex_direct").exit_code == 0

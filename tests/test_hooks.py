@@ -6,7 +6,7 @@ import textwrap
 
 import click
 import pytest
-from sqlalchemy import Column, ForeignKey, Integer, String, Table, inspect, insert, select
+from sqlalchemy import Column, ForeignKey, Integer, String, Table, insert, inspect, select
 
 import crmkit
 from crmkit import ConfigError, Problem, Segment, ValidationError, hookimpl
@@ -17,7 +17,13 @@ def test_crmkit_segments(crm_factory):
     class Plugin:
         @hookimpl
         def crmkit_segments(self):
-            return [Segment("retail", "Retail", {"type": "object", "properties": {"shops": {"type": "integer"}}})]
+            return [
+                Segment(
+                    "retail",
+                    "Retail",
+                    {"type": "object", "properties": {"shops": {"type": "integer"}}},
+                )
+            ]
 
     crm = crm_factory(plugins=[Plugin()])
     assert crm.segment("retail").title == "Retail"
@@ -57,7 +63,7 @@ def test_crmkit_segments_overridden_in_config(crm_factory):
     )
     reopened = crmkit.CRM.open(crm.config.root, plugins=crm.plugins)
     assert reopened.segment("retail").title == "Retail chains"
-    with reopened.session() as s, pytest.raises(ValidationError, match="params.shops"):
+    with reopened.session() as s, pytest.raises(ValidationError, match=r"params\.shops"):
         s.clients.create("R", segment="retail", params={"shops": 0})
     reopened.close()
 
@@ -79,7 +85,7 @@ def _notes_plugin(versions_dir):
     versions_dir.mkdir()
     (versions_dir / "notes_0001.py").write_text(
         textwrap.dedent(
-            '''
+            """
             import sqlalchemy as sa
             from alembic import op
 
@@ -98,7 +104,7 @@ def _notes_plugin(versions_dir):
 
             def downgrade():
                 op.drop_table("notes")
-            '''
+            """
         )
     )
 

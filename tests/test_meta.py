@@ -11,7 +11,9 @@ TESTS = Path(__file__).parent
 
 
 def hook_names() -> list[str]:
-    return [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("crmkit_")]
+    return [
+        n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("crmkit_")
+    ]
 
 
 def test_every_hookspec_has_a_test_named_after_it():

@@ -24,11 +24,11 @@ def test_migrations_match_the_declared_tables(crm):
 def test_email_uniqueness_is_enforced_by_the_database(crm):
     with crm.session() as s:
         s.clients.create("A", email="a@x.example")
-    with crm.connect() as conn, pytest.raises(Exception, match="(?i)unique"):
+    with crm.connect() as conn, pytest.raises(Exception, match=r"(?i)unique"):
         conn.execute(
             text(
-                "INSERT INTO clients (kind, name, email, requisites, params, created_at, updated_at)"
-                " VALUES ('company', 'B', 'A@X.EXAMPLE', '{}', '{}', :t, :t)"
+                "INSERT INTO clients (kind, name, email, requisites, params, created_at,"
+                " updated_at) VALUES ('company', 'B', 'A@X.EXAMPLE', '{}', '{}', :t, :t)"
             ),
             {"t": "2026-01-01 00:00:00"},
         )
