@@ -78,9 +78,9 @@ class State:
             self._crm = CRM.open(self.directory, plugins=self.plugins)
         return self._crm
 
-    def session(self) -> Any:
+    def session(self, *, readonly: bool = False) -> Any:
         """A session as ``--as`` (default: the deployment's admin)."""
-        return self.crm().session(as_user=self.as_user)
+        return self.crm().session(as_user=self.as_user, readonly=readonly)
 
 
 #: Decorator for commands (plugins' too) that need the deployment: passes the :class:`State`.
@@ -326,7 +326,7 @@ def user_add(
 @pass_state
 def user_list(state: State, team: str | None, role: str | None, fmt: str) -> None:
     """List users."""
-    with state.session() as s:
+    with state.session(readonly=True) as s:
         rows = _user_rows(s, s.users.list(team=team, role=role))
     emit(rows, fmt, columns=USER_COLUMNS)
 
@@ -353,7 +353,7 @@ def team_add(state: State, name: str, parent: str | None, fmt: str) -> None:
 @pass_state
 def team_list(state: State, fmt: str) -> None:
     """List teams."""
-    with state.session() as s:
+    with state.session(readonly=True) as s:
         teams = s.teams.list()
     names = {t.id: t.name for t in teams}
     rows = [{**_plain(t), "parent": names.get(t.parent_id)} for t in teams]
@@ -504,7 +504,7 @@ def client_update(state: State, client_id: int, fmt: str, **opts: Any) -> None:
 @pass_state
 def client_list(state: State, fmt: str, **filters: Any) -> None:
     """List clients, newest first."""
-    with state.session() as s:
+    with state.session(readonly=True) as s:
         clients = s.clients.list(**filters)
     emit(clients, fmt, columns=CLIENT_COLUMNS)
 
@@ -515,7 +515,7 @@ def client_list(state: State, fmt: str, **filters: Any) -> None:
 @pass_state
 def client_show(state: State, client_id: int, fmt: str) -> None:
     """Show the card of client CLIENT_ID, with its contacts."""
-    with state.session() as s:
+    with state.session(readonly=True) as s:
         view = _client_view(s, s.clients.get(client_id))
     if fmt == "json":
         emit(view, fmt)
@@ -552,7 +552,7 @@ def contact_add(state: State, client_id: int, name: str, fmt: str, **opts: Any) 
 @pass_state
 def contact_list(state: State, client_id: int, fmt: str) -> None:
     """List the contact persons of client CLIENT_ID."""
-    with state.session() as s:
+    with state.session(readonly=True) as s:
         contacts = s.contacts.list(client_id)
     emit(contacts, fmt, columns=["id", "name", "position", "email", "phone"])
 

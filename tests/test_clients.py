@@ -110,8 +110,10 @@ def test_all_problems_reported_at_once(session):
 def test_bad_fields_are_named(session, kwargs, field):
     with pytest.raises((ValidationError, NotFound)) as err:
         session.clients.create("Acme", **kwargs)
-    assert field in {p.field for p in err.value.problems} if hasattr(err.value, "problems") else (
-        err.value.field == field
+    assert (
+        field in {p.field for p in err.value.problems}
+        if hasattr(err.value, "problems")
+        else (err.value.field == field)
     )
 
 
@@ -237,3 +239,28 @@ def test_to_json_round_trip(session):
     data = to_json(client)
     assert data["kind"] == "company" and isinstance(data["created_at"], str)
     assert from_json(data, Client) == client
+
+
+def test_concurrent_creates_of_the_same_email_make_one_client(crm):
+    """Two sessions race to create the same client: one wins, the other gets DuplicateError."""
+    import threading
+
+    outcome: list[object] = []
+
+    def second() -> None:
+        try:
+            with crm.session() as s:
+                s.clients.create("Acme (second)", email="race@acme.example")
+            outcome.append("created")
+        except crmkit.CrmError as exc:
+            outcome.append(exc)
+
+    with crm.session() as s:
+        s.clients.create("Acme", email="race@acme.example")
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.5)  # the second session waits for this one to commit
+    thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], DuplicateError), outcome
+    with crm.session(readonly=True) as s:
+        assert [c.name for c in s.clients.list()] == ["Acme"]

@@ -189,23 +189,34 @@ class CRM:
         return make_engine(self.config.database_url, echo=self.config.echo)
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[Any]:
-        """A connection in a transaction, with database errors made readable."""
+    def connect(self, *, readonly: bool = False) -> Iterator[Any]:
+        """A connection in a transaction, with database errors made readable.
+
+        On SQLite a transaction that may write starts with ``BEGIN IMMEDIATE``,
+        so writers queue up (``busy_timeout``) instead of failing when they
+        find their snapshot stale; ``readonly`` ones start a plain ``BEGIN``.
+        """
         try:
-            with self.engine.begin() as conn:
-                yield conn
+            with self.engine.connect() as conn:
+                if readonly:
+                    conn.execution_options(crmkit_readonly=True)
+                with conn.begin():
+                    yield conn
         except OperationalError as exc:
             raise _database_error(exc, self.config.database_url) from None
 
     @contextlib.contextmanager
-    def session(self, as_user: str | int | None = None) -> Iterator[Session]:
+    def session(
+        self, as_user: str | int | None = None, *, readonly: bool = False
+    ) -> Iterator[Session]:
         """A unit of work acting as ``as_user`` (login or id; default: the deployment's admin).
 
         Everything done in the ``with`` block commits at its end, or rolls
-        back if it raises.
+        back if it raises. ``readonly`` sessions (reports, listings) do not
+        queue behind writers on SQLite.
         """
         login = self.config.admin if as_user is None else as_user
-        with self.connect() as conn:
+        with self.connect(readonly=readonly) as conn:
             self._require_initialised(conn)
             users = self.metadata.tables["users"]
             col = users.c.id if isinstance(login, int) else users.c.login
@@ -301,7 +312,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN")
+            readonly = conn.get_execution_options().get("crmkit_readonly", False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
     return engine
 

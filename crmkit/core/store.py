@@ -312,8 +312,9 @@ class Clients(_Repo):
         self._check_duplicates(values, exclude_id=None)
         self._check_plugins(values, changes=_fields(values))
         try:
-            client_id = self._insert(values)
-        except IntegrityError:  # a concurrent insert won the race
+            with self.conn.begin_nested():  # a savepoint: PostgreSQL aborts the whole
+                client_id = self._insert(values)  # transaction on a failed statement
+        except IntegrityError:  # a concurrent session inserted the same email or id
             self._check_duplicates(values, exclude_id=None)
             raise
         client = self.get(client_id)
