@@ -50,14 +50,20 @@ def run_crmkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None =
     )
 
 
-def test_init_creates_a_working_deployment(tmp_path):
-    result = run_crmkit("init", str(tmp_path / "mycrm"), "--admin", "boss", "--format", "json")
+def test_init_creates_a_working_deployment(tmp_path, crmkit_database_url):
+    """On the test database: SQLite in the folder, or a fresh PostgreSQL database."""
+    database = ["--database", crmkit_database_url] if crmkit_database_url else []
+    result = run_crmkit(
+        "init", str(tmp_path / "mycrm"), "--admin", "boss", *database, "--format", "json"
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["admin"] == "boss"
     assert info["schema"][0]["up_to_date"] is True
     assert (tmp_path / "mycrm" / "crmkit.toml").is_file()
-    assert (tmp_path / "mycrm" / "crmkit.db").is_file()
+    assert (tmp_path / "mycrm" / "crmkit.db").is_file() is (crmkit_database_url is None)
+    if crmkit_database_url:
+        assert info["database"].startswith("postgresql+psycopg://")
     listed = run_crmkit("user", "list", "--format", "json", cwd=tmp_path / "mycrm")
     assert [u["login"] for u in json.loads(listed.stdout)] == ["boss"]
     assert json.loads(listed.stdout)[0]["role"] == "admin"
