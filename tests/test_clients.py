@@ -122,7 +122,7 @@ def test_segment_parameters_are_validated(session):
         session.clients.create("Shop", segment="shop", params={"area": -5, "colour": "red"})
     problems = {p.field: p.reason for p in err.value.problems}
     assert "params.area" in problems and "minimum" in problems["params.area"]
-    assert "params" in problems and "colour" in problems["params"]
+    assert problems["params.colour"] == "is not a known parameter"
 
 
 def test_primary_fields_may_be_missing_on_save(crm, session):
@@ -264,3 +264,21 @@ def test_concurrent_creates_of_the_same_email_make_one_client(crm):
     assert len(outcome) == 1 and isinstance(outcome[0], DuplicateError), outcome
     with crm.session(readonly=True) as s:
         assert [c.name for c in s.clients.list()] == ["Acme"]
+
+
+def test_non_finite_numbers_and_unknown_parameters_are_named(session):
+    with pytest.raises(ValidationError) as err:
+        session.clients.create(
+            "Shop", segment="shop", params={"area": float("nan"), "fax": "1", "colour": "red"}
+        )
+    problems = {p.field: p.reason for p in err.value.problems}
+    assert problems["params.area"] == "must be a finite number"
+    assert problems["params.fax"] == "is not a known parameter"
+    assert problems["params.colour"] == "is not a known parameter"
+
+
+def test_cli_values_nan_and_infinity_stay_text():
+    from crmkit.core.validation import parse_value
+
+    assert parse_value("NaN") == "NaN" and parse_value("-Infinity") == "-Infinity"
+    assert parse_value("1e3") == 1000.0 and parse_value("[1, 2]") == [1, 2]

@@ -76,7 +76,7 @@ def crmkit_migrations() -> list[dict[str, str]] | None:
     Return ``[{"branch": "my_plugin", "path": "/abs/path/to/versions"}]``.
     The folder holds ordinary Alembic revision files; the plugin's first
     revision has ``branch_labels = ("my_plugin",)``, ``down_revision = None``
-    and ``depends_on = "crmkit_core_0001"`` (or a later core revision) when its
+    and ``depends_on = "crmkit_0001"`` (or a later core revision) when its
     tables reference the core's. ``crmkit db upgrade`` brings every branch to
     its head; ``crmkit db upgrade --branch my_plugin`` only that one.
     """

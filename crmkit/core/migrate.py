@@ -52,9 +52,10 @@ def branches(crm: CRM) -> dict[str, list[str]]:
 
     script = ScriptDirectory.from_config(alembic_config(crm))
     found: dict[str, list[str]] = {}
-    for head in script.get_revisions("heads"):
-        assert head is not None
-        lineage = _lineage(script, head.revision)
+    # get_heads(), not get_revisions("heads"): a plugin revision that depends_on
+    # a core revision must not hide the core branch's own head.
+    for head in script.get_heads():
+        lineage = _lineage(script, head)
         labels: set[str] = set()
         for rev in lineage:
             labels |= set(script.get_revision(rev).branch_labels)
@@ -100,12 +101,16 @@ def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> N
 def status(crm: CRM) -> list[dict[str, Any]]:
     """Per branch: current revision, head revision and ``up_to_date``."""
     from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
-    with crm.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
+    with crm.connect(readonly=True) as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    script = ScriptDirectory.from_config(alembic_config(crm))
+    # alembic_version keeps only the newest revisions; what they depend on is applied too
+    applied = {r.revision for r in script.iterate_revisions(current, "base")} if current else set()
     rows = []
     for label, lineage in sorted(branches(crm).items()):
-        mine = [rev for rev in lineage if rev in current]
+        mine = [rev for rev in lineage if rev in applied]
         cur = mine[0] if mine else None
         rows.append(
             {"branch": label, "current": cur, "head": lineage[0], "up_to_date": cur == lineage[0]}

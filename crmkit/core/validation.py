@@ -8,6 +8,7 @@ the dotted path of the value at fault (``params.turnover``).
 from __future__ import annotations
 
 import json
+import math
 import re
 from functools import lru_cache
 from typing import Any
@@ -79,10 +80,15 @@ def check_schema(schema: dict[str, Any], *, field: str = "schema") -> None:
 def schema_problems(schema: dict[str, Any], instance: Any, *, prefix: str = "") -> list[Problem]:
     """Every way ``instance`` breaks ``schema``, as problems with dotted field paths."""
     validator = _validator(json.dumps(schema, sort_keys=True))
-    problems = []
+    problems = [Problem(path, "must be a finite number") for path in _non_finite(instance, prefix)]
     for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
         parts = [prefix] if prefix else []
         parts += [str(p) for p in error.absolute_path]
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = set(error.schema.get("properties", {}))
+            for extra in sorted(set(error.instance) - known):
+                problems.append(Problem(".".join([*parts, extra]), "is not a known parameter"))
+            continue
         if error.validator == "required":
             # jsonschema says "'x' is a required property": name x as the field.
             missing = error.message.split("'")[1] if "'" in error.message else None
@@ -92,6 +98,17 @@ def schema_problems(schema: dict[str, Any], instance: Any, *, prefix: str = "") 
             continue
         problems.append(Problem(".".join(parts) or None, error.message))
     return problems
+
+
+def _non_finite(value: Any, path: str) -> list[str]:
+    """Paths of NaN and infinite numbers: JSON has no such values."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}.{i}")]
+    return []
 
 
 def parse_value(raw: str, prop_schema: dict[str, Any] | None = None) -> Any:
@@ -105,6 +122,10 @@ def parse_value(raw: str, prop_schema: dict[str, Any] | None = None) -> Any:
     if types == "string" or (isinstance(types, list) and types == ["string"]):
         return raw
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
     except ValueError:
         return raw
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: keep the text as typed

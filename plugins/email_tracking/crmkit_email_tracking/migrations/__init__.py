@@ -1,0 +1,1 @@
+"""Alembic migrations of the email_tracking plugin (the ``versions`` folder)."""
