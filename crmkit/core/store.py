@@ -502,7 +502,8 @@ class Clients(_Repo):
             if existing is not None and existing.id != exclude_id:
                 label = "external id" if key == "external_id" else "email"
                 raise DuplicateError(
-                    f"client #{existing.id} {existing.name!r} already has the {label} {value!r}",
+                    f"client #{existing.id} {existing.name!r} already has the {label} "
+                    f"{getattr(existing, key)!r}",
                     field=key,
                     existing_id=existing.id,
                 )
