@@ -58,8 +58,9 @@ def branches(crm: CRM) -> dict[str, list[str]]:
         lineage = _lineage(script, head)
         labels: set[str] = set()
         for rev in lineage:
-            labels |= set(script.get_revision(rev).branch_labels)
-        for label in labels or {head.revision}:
+            revision = script.get_revision(rev)
+            labels |= set(revision.branch_labels if revision is not None else ())
+        for label in labels or {head}:
             found[label] = lineage
     return found
 
