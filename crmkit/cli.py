@@ -20,6 +20,7 @@ import click
 
 from crmkit import __version__
 from crmkit.core.errors import CrmError
+from crmkit.core.plugins import _truthy
 
 if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.app import CRM
@@ -51,7 +52,7 @@ class CrmkitGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
-            if os.environ.get("CRMKIT_DEBUG"):
+            if _truthy(os.environ.get("CRMKIT_DEBUG")):
                 raise
             click.echo(
                 f"Error: internal error: {type(exc).__name__}: {exc} "
@@ -89,6 +90,7 @@ pass_state = click.make_pass_decorator(State)
 
 # -- output -----------------------------------------------------------------------
 def format_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--format table|json`` (passed as ``fmt``) to a command."""
     return click.option(
         "--format",
         "fmt",
@@ -321,7 +323,11 @@ def user_add(
 
 @user.command("list")
 @click.option("--team", metavar="TEAM", help="Only this team and the teams inside it.")
-@click.option("--role", type=click.Choice(["admin", "head", "manager", "marketer"]))
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "head", "manager", "marketer"]),
+    help="Only users with this role.",
+)
 @format_option
 @pass_state
 def user_list(state: State, team: str | None, role: str | None, fmt: str) -> None:
@@ -498,8 +504,14 @@ def client_update(state: State, client_id: int, fmt: str, **opts: Any) -> None:
 @click.option("--segment", help="Only this segment.")
 @click.option("--source", metavar="CHANNEL", help="Only clients from this channel.")
 @click.option("--search", metavar="TEXT", help="Only names containing TEXT.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many clients.",
+)
+@click.option("--offset", type=click.IntRange(0), default=0, help="Skip this many clients first.")
 @format_option
 @pass_state
 def client_list(state: State, fmt: str, **filters: Any) -> None:

@@ -14,11 +14,17 @@ has crmkit installed can use these fixtures without importing anything:
     ``session_as("anna")``: a context manager for a session as another user.
 ``invoke``
     Runs the ``crmkit`` CLI against ``crm``: ``invoke("client", "list")``
-    returns click's ``Result``; ``invoke(..., json=True)`` adds
-    ``--format json`` and parses stdout.
+    returns a :class:`CliResult` (``exit_code``, ``output`` (stdout),
+    ``stderr``, ``json``); ``invoke(..., json=True)`` adds ``--format json``
+    and parses stdout.
 ``register_plugin``
     ``register_plugin(obj)`` registers a plugin on ``crm`` for the rest of
     the test and unregisters it afterwards.
+``crmkit_plugins``
+    The plugins the ``crm`` fixture registers (default: none); override it.
+``crm_factory``
+    ``crm_factory(name="crm", plugins=None, admin="admin")`` makes more
+    deployments in the same test.
 ``crmkit_database_url``
     The database for ``crm``: SQLite in ``tmp_path`` by default; a fresh
     database on a throwaway PostgreSQL server with

@@ -14,7 +14,14 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 
 from .config import CONFIG_NAME, Config, find_root, render_config
-from .errors import CrmError, DatabaseError, DeploymentError, NotFound, ValidationError
+from .errors import (
+    ConfigError,
+    CrmError,
+    DatabaseError,
+    DeploymentError,
+    NotFound,
+    ValidationError,
+)
 from .model import Channel, Role, Segment, User
 from .plugins import Plugins, load_plugins
 from .store import Session, _user
@@ -119,7 +126,7 @@ class CRM:
             found[seg.name] = seg
         for name, override in self.config.segments.items():
             if name not in found:
-                raise DeploymentError(
+                raise ConfigError(
                     f"crmkit.toml overrides segment {name!r}, which no plugin registers "
                     f"(known: {', '.join(sorted(found)) or 'none'})",
                     field=f"segments.{name}",

@@ -16,7 +16,9 @@ from typing import Any
 class CrmError(Exception):
     """Base class of all crmkit errors."""
 
+    #: The CLI's exit code for this class of error.
     exit_code: int = 1
+    #: The HTTP status for this class of error.
     http_status: int = 400
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
@@ -28,7 +30,7 @@ class CrmError(Exception):
         return f"{self.field}: {self.message}" if self.field else self.message
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON body of this error (CLI ``--format json`` and HTTP)."""
+        """The JSON body of this error (HTTP, and programs that report errors)."""
         return {"error": type(self).__name__, "field": self.field, "message": self.message}
 
 

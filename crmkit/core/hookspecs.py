@@ -3,8 +3,9 @@
 A plugin is any module or object with functions named like these hooks and
 marked with :data:`crmkit.hookimpl`. Conventions:
 
-* **Registration hooks** (``crmkit_segments``, ``crmkit_tables`` ...) return a
-  list (or ``None``); the core merges the lists of all plugins.
+* **Registration hooks** (``crmkit_segments``, ``crmkit_source_channels`` ...)
+  return a list (or ``None``), and the core merges the lists of all plugins;
+  ``crmkit_tables`` and ``crmkit_cli`` add to what they are given instead.
 * **Event hooks** (``crmkit_client_saved``) are told about a change inside
   the change's transaction; an exception raised there rolls the change back.
 * **Check hooks** (``crmkit_check_client``) return a list of

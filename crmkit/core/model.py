@@ -119,6 +119,7 @@ class Segment:
 
     @property
     def primary_fields(self) -> list[str]:
+        """The schema's top-level ``required`` list: the fields a complete card fills."""
         return list(self.schema.get("required", []))
 
     def validate(self, params: dict[str, Any], *, complete: bool = False) -> list[Problem]:

@@ -1,7 +1,7 @@
 """Building the plugin manager.
 
 Every :class:`crmkit.CRM` and every CLI run gets a fresh manager from
-:func:`make_plugin_manager`; there is no module-global manager. Plugins come
+:func:`load_plugins`; there is no module-global manager. Plugins come
 from three places, in this order:
 
 1. the built-in plugins in :data:`DEFAULT_PLUGINS` (``crmkit/plugins/``),
@@ -45,7 +45,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import Client, Segment
     from .store import Session
 
+#: Dotted names of the built-in plugins, registered before any other.
 DEFAULT_PLUGINS: tuple[str, ...] = ("crmkit.plugins.channels",)
+#: The entry-point group that installed plugins declare.
 ENTRY_POINT_GROUP = "crmkit"
 
 
@@ -150,33 +152,41 @@ class Plugins:
 
     # -- registration hooks -------------------------------------------------
     def segments(self) -> list[Segment]:
+        """Every plugin's ``crmkit_segments``, merged."""
         return _flatten(self.pm.hook.crmkit_segments())
 
     def source_channels(self) -> list[str | dict[str, Any]]:
+        """Every plugin's ``crmkit_source_channels``, merged."""
         return _flatten(self.pm.hook.crmkit_source_channels())
 
     def tables(self, metadata: MetaData) -> None:
+        """Let every plugin add its tables to ``metadata``."""
         self.pm.hook.crmkit_tables(metadata=metadata)
 
     def migrations(self) -> list[dict[str, str]]:
+        """Every plugin's Alembic branch (``crmkit_migrations``)."""
         return _flatten(self.pm.hook.crmkit_migrations())
 
     def cli(self, cli: click.Group) -> None:
+        """Let every plugin add commands to ``cli``."""
         self.pm.hook.crmkit_cli(cli=cli)
 
     # -- lifecycle and event hooks -----------------------------------------
     def startup(self, crm: CRM) -> None:
+        """Tell every plugin that ``crm`` was opened."""
         self.pm.hook.crmkit_startup(crm=crm)
 
     def check_client(
         self, session: Session, client: Client, changes: dict[str, Any]
     ) -> list[Problem]:
+        """Every plugin's problems with a client card, as :class:`Problem` objects."""
         found = _flatten(
             self.pm.hook.crmkit_check_client(session=session, client=client, changes=changes)
         )
         return [p if isinstance(p, Problem) else Problem(None, str(p)) for p in found]
 
     def client_saved(self, session: Session, client: Client, created: bool) -> None:
+        """Tell every plugin that a client card was saved."""
         self.pm.hook.crmkit_client_saved(session=session, client=client, created=created)
 
     # -- introspection ------------------------------------------------------
@@ -185,6 +195,7 @@ class Plugins:
         return self.pm.register(plugin, name=name)
 
     def unregister(self, plugin: object | None = None, name: str | None = None) -> None:
+        """Unregister ``plugin`` (or the plugin called ``name``)."""
         self.pm.unregister(plugin, name=name)
 
     def infos(self, *, include_builtin: bool = False) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Alembic revisions of the crmkit-vip plugin (its branch: ``vip``)."""
