@@ -43,6 +43,7 @@ def test_database_without_schema_asks_for_upgrade(crm):
     reopened.close()
 
 
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
 def test_downgrade_and_upgrade_again(crm):
     from alembic import command
 

@@ -20,9 +20,11 @@ from .errors import (
     DatabaseError,
     DeploymentError,
     NotFound,
+    PluginError,
     ValidationError,
 )
-from .model import Channel, Role, Segment, User
+from .model import Channel, InteractionKind, Role, Segment, User, to_json
+from .pipeline import Pipeline
 from .plugins import Plugins, load_plugins
 from .store import Session, _user
 
@@ -177,9 +179,78 @@ class CRM:
                 field="source",
             ) from None
 
+    @cached_property
+    def interaction_kinds(self) -> dict[str, InteractionKind]:
+        """Kinds of communication from plugins, with ``[interactions.KIND]`` merged in."""
+        merged: dict[str, dict[str, Any]] = {}
+        sources = [*self.plugins.interaction_kinds()]
+        sources += [({"name": k, **v}, None) for k, v in self.config.interactions.items()]
+        for item, plugin in sources:
+            data = item if isinstance(item, dict) else to_json(item)
+            name = data.get("name")
+            if not isinstance(name, str) or not name:
+                raise PluginError(f"{plugin}: an interaction kind needs a name", field="kinds")
+            kind = merged.setdefault(
+                name, {"name": name, "title": name, "topics": {}, "outcomes": {}, "plugin": plugin}
+            )
+            kind["title"] = data.get("title") or kind["title"]
+            kind["direction_required"] = data.get(
+                "direction_required", kind.get("direction_required", False)
+            )
+            for key in ("topics", "outcomes"):
+                kind[key].update(_titled(data.get(key) or {}))
+        return {name: InteractionKind(**data) for name, data in merged.items()}
+
+    def interaction_kind(self, name: str) -> InteractionKind:
+        """The kind called ``name``; the error lists the allowed ones."""
+        try:
+            return self.interaction_kinds[name]
+        except KeyError:
+            allowed = ", ".join(sorted(self.interaction_kinds)) or "none"
+            raise ValidationError(
+                f"unknown interaction kind {name!r} (allowed: {allowed})", field="kind"
+            ) from None
+
+    @cached_property
+    def pipelines(self) -> dict[str, Pipeline]:
+        """Pipelines from plugins, replaced or added by ``[pipelines.NAME]``."""
+        from .pipeline import merge_pipelines
+
+        sources = [*self.plugins.pipelines()]
+        sources += [({"name": k, **v}, None) for k, v in self.config.pipelines.items()]
+        return merge_pipelines(sources)
+
+    def pipeline(self, name: str, *, field: str = "pipeline") -> Pipeline:
+        """The pipeline called ``name``; the error lists the allowed ones."""
+        pipeline = self.pipelines.get(name)
+        if pipeline is None or pipeline.entity != "deal":
+            allowed = ", ".join(p.name for p in self.pipelines.values() if p.entity == "deal")
+            raise ValidationError(
+                f"unknown pipeline {name!r} (allowed: {allowed or 'none'})", field=field
+            )
+        return pipeline
+
+    @cached_property
+    def lifecycle(self) -> Pipeline | None:
+        """The client lifecycle: the pipeline with ``entity = "client"`` (None if there is none)."""
+        found = [p for p in self.pipelines.values() if p.entity == "client"]
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise ConfigError(
+                f"more than one client lifecycle pipeline: {names}", field="pipelines"
+            )
+        return found[0] if found else None
+
+    @property
+    def tz(self) -> Any:
+        """The deployment's time zone (``[crmkit] timezone``)."""
+        import zoneinfo
+
+        return zoneinfo.ZoneInfo(self.config.timezone)
+
     def refresh(self) -> None:
         """Forget what was read from plugins (after registering or unregistering one)."""
-        for name in ("segments", "channels"):
+        for name in ("segments", "channels", "interaction_kinds", "pipelines", "lifecycle"):
             self.__dict__.pop(name, None)
 
     # -- database ---------------------------------------------------------------
@@ -295,6 +366,13 @@ class CRM:
 
     def __repr__(self) -> str:
         return f"<CRM {self.config.root}>"
+
+
+def _titled(items: Any) -> dict[str, str]:
+    """A formal list as name -> title, from a list of names or a dict."""
+    if isinstance(items, dict):
+        return {str(k): str(v) for k, v in items.items()}
+    return {str(n): str(n).replace("_", " ").capitalize() for n in items}
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

@@ -10,6 +10,8 @@ database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
                                   # relative to the deployment folder
     [crmkit]
     admin = "admin"               # the login that acts when no --as is given
+    currency = "RUB"              # the currency of amounts given without one
+    timezone = "UTC"              # the zone of dates and times given without one
 
     [plugins]
     modules = []                  # extra plugin modules by dotted name
@@ -20,6 +22,12 @@ database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
 
     [segments.NAME]
     schema = { ... }              # replaces a plugin segment's JSON Schema
+
+    [interactions.KIND]           # extends a kind's formal lists (or adds a kind)
+    topics = ["tender"]
+    outcomes = ["tender_won"]
+
+    [pipelines.NAME]              # a pipeline definition (see crmkit.core.pipeline)
 
     [plugin.NAME]                 # each plugin's own settings
 
@@ -57,7 +65,11 @@ CONFIG_SCHEMA: dict[str, Any] = {
         "crmkit": {
             "type": "object",
             "additionalProperties": False,
-            "properties": {"admin": {"type": "string", "minLength": 1}},
+            "properties": {
+                "admin": {"type": "string", "minLength": 1},
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                "timezone": {"type": "string", "minLength": 1},
+            },
         },
         "plugins": {
             "type": "object",
@@ -101,7 +113,33 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "interactions": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "title": {"type": "string"},
+                    "topics": {"$ref": "#/$defs/names"},
+                    "outcomes": {"$ref": "#/$defs/names"},
+                    "direction_required": {"type": "boolean"},
+                },
+            },
+        },
+        "pipelines": {"type": "object", "additionalProperties": {"type": "object"}},
         "plugin": {"type": "object", "additionalProperties": {"type": "object"}},
+    },
+    "$defs": {
+        "names": {
+            "anyOf": [
+                {"type": "array", "items": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}},
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": "^[a-z][a-z0-9_]*$"},
+                    "additionalProperties": {"type": "string"},
+                },
+            ]
+        }
     },
 }
 
@@ -113,11 +151,15 @@ class Config:
     root: Path
     database_url: str
     admin: str = "admin"
+    currency: str = "RUB"
+    timezone: str = "UTC"
     echo: bool = False
     plugin_modules: tuple[str, ...] = ()
     plugin_disable: tuple[str, ...] = ()
     channels: tuple[Any, ...] = ()
     segments: dict[str, dict[str, Any]] = field(factory=dict)
+    interactions: dict[str, dict[str, Any]] = field(factory=dict)
+    pipelines: dict[str, dict[str, Any]] = field(factory=dict)
     plugin_settings: dict[str, dict[str, Any]] = field(factory=dict)
 
     @classmethod
@@ -150,15 +192,31 @@ class Config:
             )
         db = data.get("database", {})
         url = os.environ.get("CRMKIT_DATABASE_URL") or db.get("url", f"sqlite:///{DEFAULT_DB_NAME}")
+        section = data.get("crmkit", {})
+        timezone = section.get("timezone", "UTC")
+        try:
+            import zoneinfo
+
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"{CONFIG_NAME}: crmkit.timezone: unknown time zone {timezone!r} "
+                "(use an IANA name such as 'Europe/Moscow')",
+                field="crmkit.timezone",
+            ) from None
         return cls(
             root=root,
             database_url=resolve_sqlite_url(url, root),
-            admin=data.get("crmkit", {}).get("admin", "admin"),
+            admin=section.get("admin", "admin"),
+            currency=section.get("currency", "RUB"),
+            timezone=timezone,
             echo=db.get("echo", False),
             plugin_modules=tuple(data.get("plugins", {}).get("modules", ())),
             plugin_disable=tuple(data.get("plugins", {}).get("disable", ())),
             channels=tuple(data.get("clients", {}).get("channels", ())),
             segments=data.get("segments", {}),
+            interactions=data.get("interactions", {}),
+            pipelines=data.get("pipelines", {}),
             plugin_settings=data.get("plugin", {}),
         )
 
@@ -190,6 +248,10 @@ url = {json.dumps(url)}
 [crmkit]
 # The user that acts when a command is given no --as LOGIN.
 admin = {json.dumps(admin)}
+# The currency of amounts given without one, and the time zone of dates and
+# times given without one (an IANA name such as "Europe/Moscow").
+currency = "RUB"
+timezone = "UTC"
 
 [plugins]
 # Extra plugin modules to load by dotted name, and plugins not to load.

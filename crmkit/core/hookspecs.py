@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy import MetaData
 
     from .app import CRM
-    from .model import Client, Segment
+    from .model import Client, Deal, Interaction, InteractionKind, Invoice, Segment, StageChange
+    from .pipeline import Pipeline, Stage
     from .store import Session
 
 hookspec = pluggy.HookspecMarker("crmkit")
@@ -130,3 +131,71 @@ def crmkit_client_saved(session: Session, client: Client, created: bool) -> None
     Runs inside the session's transaction: writes made through ``session``
     commit or roll back together with the card.
     """
+
+
+@hookspec
+def crmkit_interaction_kinds() -> list[InteractionKind | dict[str, Any]] | None:
+    """Register kinds of communication with their formal topics and outcomes.
+
+    Return :class:`crmkit.InteractionKind` objects or dicts with ``name``,
+    ``title``, ``topics`` and ``outcomes`` (each a list of names or a dict of
+    name to title) and ``direction_required``. When two plugins register the
+    same kind, their topic and outcome lists are merged, and a deployment
+    extends them under ``[interactions.KIND]`` in ``crmkit.toml``. Only the
+    listed topics and outcomes are accepted: free text goes into the note.
+    """
+
+
+@hookspec
+def crmkit_pipelines() -> list[Pipeline | dict[str, Any]] | None:
+    """Register pipeline templates.
+
+    Return :class:`crmkit.Pipeline` objects or definitions (dicts) that
+    :data:`crmkit.core.pipeline.PIPELINE_SCHEMA` validates: stages with
+    probability, allotted ``days`` (the SLA), an entry ``gate`` (JSON Schema
+    over ``{"deal": ..., "client": ...}``) and ``marks``; ``lost_reasons``;
+    outcome ``rules``. A pipeline with ``"entity": "client"`` describes the
+    client lifecycle. A definition in ``crmkit.toml`` (``[pipelines.NAME]``)
+    replaces a plugin's pipeline of the same name.
+    """
+
+
+@hookspec
+def crmkit_check_stage_entry(
+    session: Session, pipeline: Pipeline, stage: Stage, deal: Deal | None, client: Client
+) -> list[Any] | None:
+    """The gate hook: problems that keep a deal (or a client) out of ``stage``.
+
+    Called for every forward move after the stage's own JSON Schema gate;
+    ``deal`` is None when a client's lifecycle moves. Return problems
+    (:class:`crmkit.Problem` or strings); the move is refused with every
+    problem of the gate and of every plugin listed in one message.
+    """
+
+
+@hookspec
+def crmkit_interaction_logged(session: Session, interaction: Interaction) -> list[Any] | None:
+    """Called when an interaction is logged; may answer with effects.
+
+    Return :class:`crmkit.MoveTo` (move the interaction's deal, or with
+    ``client=True`` the client's lifecycle) and :class:`crmkit.FollowUp`
+    (create a task) objects. They are applied in the same transaction,
+    together with the pipeline's outcome rules; a move that a gate refuses
+    is reported, and the interaction is still recorded.
+    """
+
+
+@hookspec
+def crmkit_stage_changed(session: Session, change: StageChange) -> None:
+    """Called after a deal or a client lifecycle moved (``change.entity``).
+
+    ``change`` is the stored :class:`crmkit.StageChange`: pipeline, from and
+    to stage, time, acting user and cause. Runs in the same transaction.
+    """
+
+
+@hookspec
+def crmkit_invoice_status_changed(
+    session: Session, invoice: Invoice, old_status: str | None
+) -> None:
+    """Called after an invoice was issued (``old_status`` None), paid or cancelled."""

@@ -9,6 +9,7 @@ validates it, stores it and records an event. :func:`to_json` and
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,6 +93,7 @@ class Client:
     external_id: str | None = None
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    stage: str | None = None  #: the lifecycle stage (lead, qualified, customer ...)
 
 
 @frozen
@@ -148,6 +150,10 @@ def converter() -> cattrs.Converter:
         conv = cattrs.Converter()
         conv.register_unstructure_hook(dt.datetime, lambda d: d.isoformat())
         conv.register_structure_hook(dt.datetime, lambda v, _: dt.datetime.fromisoformat(v))
+        conv.register_unstructure_hook(dt.date, lambda d: d.isoformat())
+        conv.register_structure_hook(dt.date, lambda v, _: dt.date.fromisoformat(v))
+        conv.register_unstructure_hook(decimal.Decimal, str)  # money stays exact in JSON
+        conv.register_structure_hook(decimal.Decimal, lambda v, _: decimal.Decimal(str(v)))
         _converter = conv
     return _converter
 
@@ -160,3 +166,161 @@ def to_json(obj: Any) -> Any:
 def from_json(data: Any, cls: type[T]) -> T:
     """Build a domain object of type ``cls`` from :func:`to_json` output."""
     return converter().structure(data, cls)
+
+
+# -- the lifecycle: interactions, pipelines, deals, invoices, tasks ----------------------
+class Direction(enum.StrEnum):
+    """Who started a communication: the client (inbound) or we (outbound)."""
+
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class DealStatus(enum.StrEnum):
+    OPEN = "open"
+    WON = "won"
+    LOST = "lost"
+
+
+class InvoiceStatus(enum.StrEnum):
+    ISSUED = "issued"
+    PAID = "paid"
+    CANCELLED = "cancelled"
+
+
+@frozen
+class InteractionKind:
+    """A kind of communication with its formal lists of topics and outcomes (name -> title)."""
+
+    name: str
+    title: str
+    topics: dict[str, str] = field(factory=dict)
+    outcomes: dict[str, str] = field(factory=dict)
+    direction_required: bool = False
+    plugin: str | None = field(default=None, eq=False)
+
+
+@frozen
+class Interaction:
+    """One recorded communication with a client."""
+
+    id: int
+    client_id: int
+    kind: str
+    topic: str
+    outcome: str
+    occurred_at: dt.datetime
+    user_id: int | None = None
+    user: str | None = None  #: the acting user's login, filled in on reads
+    deal_id: int | None = None
+    direction: Direction | None = None
+    duration_min: int | None = None
+    respondents: list[int] = field(factory=list)
+    note: str | None = None
+    created_at: dt.datetime | None = None
+
+
+@frozen
+class Deal:
+    """A sales opportunity moving down a pipeline."""
+
+    id: int
+    client_id: int
+    pipeline: str
+    stage: str
+    title: str
+    amount: decimal.Decimal
+    currency: str
+    status: DealStatus = DealStatus.OPEN
+    owner_id: int | None = None
+    owner: str | None = None  #: the owner's login, filled in on reads
+    expected_close: dt.date | None = None
+    lost_reason: str | None = None
+    opened_at: dt.datetime | None = None
+    stage_entered_at: dt.datetime | None = None
+    closed_at: dt.datetime | None = None
+
+
+@frozen
+class StageChange:
+    """One move of a deal (or of a client's lifecycle) from a stage to another."""
+
+    id: int
+    entity: str  #: "deal" or "client"
+    entity_id: int
+    pipeline: str
+    from_stage: str | None
+    to_stage: str
+    at: dt.datetime
+    cause: str  #: "opened", "manual", "interaction", "automation", "import"
+    user_id: int | None = None
+    user: str | None = None
+    interaction_id: int | None = None
+    note: str | None = None
+
+
+@frozen
+class Invoice:
+    """An invoice issued for a deal."""
+
+    id: int
+    number: str
+    deal_id: int
+    amount: decimal.Decimal
+    currency: str
+    status: InvoiceStatus
+    issued_at: dt.datetime
+    paid_at: dt.datetime | None = None
+    cancelled_at: dt.datetime | None = None
+
+
+@frozen
+class TaskStep:
+    text: str
+    done_at: dt.datetime | None = None
+
+
+@frozen
+class Task:
+    """A task with ordered steps, an assignee and a deadline."""
+
+    id: int
+    title: str
+    due_at: dt.datetime
+    assignee_id: int | None = None
+    assignee: str | None = None  #: the assignee's login, filled in on reads
+    created_by: int | None = None
+    client_id: int | None = None
+    deal_id: int | None = None
+    steps: list[TaskStep] = field(factory=list)
+    done_at: dt.datetime | None = None
+    done_late: bool | None = None  #: set when done: was it after the deadline?
+    created_at: dt.datetime | None = None
+
+    def overdue(self, now: dt.datetime) -> bool:
+        """Open and past its deadline, or done after it."""
+        if self.done_at is None:
+            return self.due_at < now
+        return bool(self.done_late)
+
+
+@frozen
+class MoveTo:
+    """An effect proposed by ``crmkit_interaction_logged``: move the deal (or client) on."""
+
+    stage: str
+    deal_id: int | None = (
+        None  #: None: the interaction's deal; for a client lifecycle move, set client=True
+    )
+    client: bool = False
+    reason: str | None = None
+
+
+@frozen
+class FollowUp:
+    """An effect proposed by ``crmkit_interaction_logged``: create a follow-up task."""
+
+    title: str
+    due_in_hours: float = 24
+    steps: tuple[str, ...] = ()
+    assignee: str | int | None = None  #: default: the user who logged the interaction

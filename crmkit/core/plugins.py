@@ -42,11 +42,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from sqlalchemy import MetaData
 
     from .app import CRM
-    from .model import Client, Segment
+    from .model import Client, Deal, Interaction, Invoice, Segment, StageChange
+    from .pipeline import Pipeline, Stage
     from .store import Session
 
 #: Dotted names of the built-in plugins, registered before any other.
-DEFAULT_PLUGINS: tuple[str, ...] = ("crmkit.plugins.channels",)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "crmkit.plugins.channels",
+    "crmkit.plugins.interactions",
+    "crmkit.plugins.pipelines",
+)
 #: The entry-point group that installed plugins declare.
 ENTRY_POINT_GROUP = "crmkit"
 
@@ -188,6 +193,48 @@ class Plugins:
     def client_saved(self, session: Session, client: Client, created: bool) -> None:
         """Tell every plugin that a client card was saved."""
         self.pm.hook.crmkit_client_saved(session=session, client=client, created=created)
+
+    def interaction_kinds(self) -> list[tuple[Any, str | None]]:
+        """``(definition, plugin name)`` pairs, built-ins first."""
+        return self._with_names(self.pm.hook.crmkit_interaction_kinds)
+
+    def pipelines(self) -> list[tuple[Any, str | None]]:
+        """``(definition, plugin name)`` pairs, built-ins first."""
+        return self._with_names(self.pm.hook.crmkit_pipelines)
+
+    def check_stage_entry(
+        self, session: Session, pipeline: Pipeline, stage: Stage, deal: Deal | None, client: Client
+    ) -> list[Problem]:
+        found = _flatten(
+            self.pm.hook.crmkit_check_stage_entry(
+                session=session, pipeline=pipeline, stage=stage, deal=deal, client=client
+            )
+        )
+        return [p if isinstance(p, Problem) else Problem(None, str(p)) for p in found]
+
+    def interaction_logged(self, session: Session, interaction: Interaction) -> list[Any]:
+        return _flatten(
+            self.pm.hook.crmkit_interaction_logged(session=session, interaction=interaction)
+        )
+
+    def stage_changed(self, session: Session, change: StageChange) -> None:
+        self.pm.hook.crmkit_stage_changed(session=session, change=change)
+
+    def invoice_status_changed(
+        self, session: Session, invoice: Invoice, old_status: str | None
+    ) -> None:
+        self.pm.hook.crmkit_invoice_status_changed(
+            session=session, invoice=invoice, old_status=old_status
+        )
+
+    def _with_names(self, hook: Any) -> list[tuple[Any, str | None]]:
+        """Call a registration hook plugin by plugin, keeping who returned what."""
+        pairs: list[tuple[Any, str | None]] = []
+        for impl in hook.get_hookimpls():  # registration order, built-ins (trylast) first
+            result = impl.function()
+            for item in result or ():
+                pairs.append((item, impl.plugin_name))
+        return pairs
 
     # -- introspection ------------------------------------------------------
     def register(self, plugin: object, name: str | None = None) -> str | None:

@@ -14,11 +14,13 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    Date,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
@@ -107,6 +109,7 @@ def core_metadata() -> MetaData:
         Column("external_id", String(200), nullable=True, unique=True),
         Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
         Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+        Column("stage", String(63), nullable=True, index=True),  # the lifecycle stage
     )
     Index("uq_clients_email_lower", func.lower(clients.c.email), unique=True)
     Table(
@@ -138,7 +141,120 @@ def core_metadata() -> MetaData:
         Column("data", JSONType, nullable=False, default=dict),
     )
     Index("ix_events_entity", events.c.entity, events.c.entity_id)
+    _lifecycle_tables(metadata)
     return metadata
+
+
+def _lifecycle_tables(metadata: MetaData) -> None:
+    """Deals, their stage history, interactions, invoices and tasks (revision crmkit_0002)."""
+    deals = Table(
+        "deals",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("client_id", Integer, ForeignKey("clients.id", ondelete="CASCADE"), nullable=False),
+        Column("pipeline", String(63), nullable=False),
+        Column("stage", String(63), nullable=False),
+        Column("status", String(10), nullable=False, default="open"),
+        Column("title", String(300), nullable=False),
+        Column("amount", Numeric(16, 2), nullable=False, default=0),
+        Column("currency", String(3), nullable=False),
+        Column("owner_id", Integer, ForeignKey("users.id", ondelete="RESTRICT"), index=True),
+        Column("expected_close", Date, nullable=True),
+        Column("lost_reason", String(63), nullable=True),
+        Column("opened_at", UTCDateTime, nullable=False, default=utcnow),
+        Column("stage_entered_at", UTCDateTime, nullable=False, default=utcnow),
+        Column("closed_at", UTCDateTime, nullable=True),
+        Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    )
+    Index("ix_deals_client_id", deals.c.client_id)
+    Index("ix_deals_pipeline_stage", deals.c.pipeline, deals.c.stage)
+    changes = Table(
+        "stage_changes",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("entity", String(20), nullable=False),
+        Column("entity_id", Integer, nullable=False),
+        Column("pipeline", String(63), nullable=False),
+        Column("from_stage", String(63), nullable=True),
+        Column("to_stage", String(63), nullable=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("cause", String(20), nullable=False),
+        Column(
+            "interaction_id",
+            Integer,
+            ForeignKey("interactions.id", ondelete="SET NULL"),
+            nullable=True,
+        ),
+        Column("note", Text, nullable=True),
+    )
+    Index("ix_stage_changes_entity", changes.c.entity, changes.c.entity_id, changes.c.at)
+    Index("ix_stage_changes_pipeline_at", changes.c.pipeline, changes.c.at)
+    interactions = Table(
+        "interactions",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("client_id", Integer, ForeignKey("clients.id", ondelete="CASCADE"), nullable=False),
+        Column("deal_id", Integer, ForeignKey("deals.id", ondelete="SET NULL"), nullable=True),
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("kind", String(63), nullable=False),
+        Column("direction", String(10), nullable=True),
+        Column("occurred_at", UTCDateTime, nullable=False),
+        Column("duration_min", Integer, nullable=True),
+        Column("topic", String(63), nullable=False),
+        Column("outcome", String(63), nullable=False),
+        Column("note", Text, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    Index("ix_interactions_client_at", interactions.c.client_id, interactions.c.occurred_at)
+    Index("ix_interactions_user_at", interactions.c.user_id, interactions.c.occurred_at)
+    Index("ix_interactions_deal_id", interactions.c.deal_id)
+    Table(
+        "interaction_respondents",
+        metadata,
+        Column(
+            "interaction_id",
+            Integer,
+            ForeignKey("interactions.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        Column(
+            "contact_id", Integer, ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True
+        ),
+    )
+    invoices = Table(
+        "invoices",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("number", String(50), nullable=False, unique=True),
+        Column("deal_id", Integer, ForeignKey("deals.id", ondelete="CASCADE"), nullable=False),
+        Column("amount", Numeric(16, 2), nullable=False),
+        Column("currency", String(3), nullable=False),
+        Column("status", String(10), nullable=False),
+        Column("issued_at", UTCDateTime, nullable=False),
+        Column("paid_at", UTCDateTime, nullable=True),
+        Column("cancelled_at", UTCDateTime, nullable=True),
+        Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    )
+    Index("ix_invoices_deal_id", invoices.c.deal_id)
+    tasks = Table(
+        "tasks",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("title", String(300), nullable=False),
+        Column("steps", JSONType, nullable=False, default=list),
+        Column("assignee_id", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("client_id", Integer, ForeignKey("clients.id", ondelete="CASCADE"), nullable=True),
+        Column("deal_id", Integer, ForeignKey("deals.id", ondelete="CASCADE"), nullable=True),
+        Column("due_at", UTCDateTime, nullable=False),
+        Column("done_at", UTCDateTime, nullable=True),
+        Column("done_late", Boolean, nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    Index("ix_tasks_assignee_due", tasks.c.assignee_id, tasks.c.due_at)
+    Index("ix_tasks_deal_id", tasks.c.deal_id)
+    Index("ix_tasks_client_id", tasks.c.client_id)
 
 
 def build_metadata(plugins: Plugins | None = None) -> MetaData:

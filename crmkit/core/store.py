@@ -24,7 +24,7 @@ from .errors import (
     Problem,
     ValidationError,
 )
-from .model import Client, ClientKind, Contact, Role, Team, User
+from .model import Client, ClientKind, Contact, Role, StageChange, Team, User
 from .schema import utcnow
 from .validation import normalize_email, normalize_phone, require_text
 
@@ -47,6 +47,13 @@ class Session:
         self.teams = Teams(self)
         self.clients = Clients(self)
         self.contacts = Contacts(self)
+        from .lifecycle import Deals, History, Interactions, Invoices, Tasks
+
+        self.deals = Deals(self)
+        self.interactions = Interactions(self)
+        self.invoices = Invoices(self)
+        self.tasks = Tasks(self)
+        self.history = History(self)
 
     def table(self, name: str) -> Table:
         """A table by name, the core's or a plugin's."""
@@ -317,10 +324,54 @@ class Clients(_Repo):
         except IntegrityError:  # a concurrent session inserted the same email or id
             self._check_duplicates(values, exclude_id=None)
             raise
-        client = self.get(client_id)
         self.s.record("client", client_id, "created", _jsonable(values))
+        lifecycle = self.s.crm.lifecycle
+        if lifecycle is not None:
+            self.move(client_id, lifecycle.first.name, at=values["created_at"], cause="created")
+        client = self.get(client_id)
         self.s.crm.plugins.client_saved(session=self.s, client=client, created=True)
         return client
+
+    def move(
+        self,
+        client_id: int,
+        stage: str,
+        *,
+        at: Any = None,
+        cause: str = "manual",
+        interaction_id: int | None = None,
+        reason: str | None = None,
+    ) -> StageChange:
+        """Move a client forward in the lifecycle (``lost`` needs a reason)."""
+        from .lifecycle import move_entity
+        from .validation import parse_when
+
+        flow = self.s.crm.lifecycle
+        if flow is None:
+            raise ValidationError("this deployment has no client lifecycle pipeline", field="stage")
+        client = self.get(client_id)
+        when = utcnow() if at is None else parse_when(at, self.s.crm.tz, field="at")
+        entered = None
+        if client.stage is not None:
+            entered = self.s.history.of("client", client.id)[-1].at
+        change = move_entity(
+            self.s,
+            pipeline=flow,
+            entity="client",
+            entity_id=client.id,
+            current=client.stage,
+            entered_at=entered,
+            target=stage,
+            deal=None,
+            client=client,
+            at=when,
+            cause=cause,
+            interaction_id=interaction_id,
+            reason=reason,
+        )
+        self.conn.execute(update(self.t).where(self.t.c.id == client.id).values(stage=stage))
+        self.s.crm.plugins.stage_changed(session=self.s, change=change)
+        return change
 
     def update(self, client_id: int, **changes: Any) -> Client:
         """Change fields of a card; ``None`` clears an optional field.
@@ -487,10 +538,10 @@ class Clients(_Repo):
             raise ValidationError.from_problems(problems)
         return out
 
-    def _owner(self, ref: str | int) -> int:
-        user = self.s.users.get(ref, field="owner")
+    def _owner(self, ref: str | int, *, field: str = "owner") -> int:
+        user = self.s.users.get(ref, field=field)
         if not user.active:
-            raise ValidationError(f"user {user.login!r} is not active", field="owner")
+            raise ValidationError(f"user {user.login!r} is not active", field=field)
         return user.id
 
     def _check_duplicates(self, values: dict[str, Any], exclude_id: int | None) -> None:
@@ -530,6 +581,7 @@ class Clients(_Repo):
             external_id=values.get("external_id"),
             created_at=values.get("created_at"),
             updated_at=values.get("updated_at"),
+            stage=values.get("stage"),
         )
         problems = self.s.crm.plugins.check_client(
             session=self.s, client=candidate, changes=changes
@@ -664,6 +716,7 @@ def _row_values(client: Client) -> dict[str, Any]:
         "external_id": client.external_id,
         "created_at": client.created_at,
         "updated_at": client.updated_at,
+        "stage": client.stage,
     }
 
 

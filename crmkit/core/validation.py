@@ -7,6 +7,8 @@ the dotted path of the value at fault (``params.turnover``).
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
 import math
 import re
@@ -96,6 +98,9 @@ def schema_problems(schema: dict[str, Any], instance: Any, *, prefix: str = "") 
                 parts.append(missing)
             problems.append(Problem(".".join(parts) or None, "is required"))
             continue
+        if error.validator == "type" and error.instance is None:
+            problems.append(Problem(".".join(parts) or None, "is required (it is empty)"))
+            continue
         problems.append(Problem(".".join(parts) or None, error.message))
     return problems
 
@@ -129,3 +134,96 @@ def parse_value(raw: str, prop_schema: dict[str, Any] | None = None) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity: keep the text as typed
+
+
+_RELATIVE = re.compile(r"^([+-])(\d+)([mhdw])$")
+
+
+def parse_when(
+    value: Any,
+    tz: Any,
+    *,
+    field: str,
+    now: dt.datetime | None = None,
+    end_of_day: bool = False,
+) -> dt.datetime:
+    """A timezone-aware datetime from what a person or a file gives.
+
+    Accepts aware or naive datetimes and dates (naive ones are in ``tz``),
+    ISO 8601 text (``2026-11-22``, ``2026-11-22T15:30``, ``...+03:00``), and
+    ``now``, ``today``, ``tomorrow``, ``+3d``, ``-2h``, ``+30m``, ``+1w``.
+    A date alone means its start, or its end with ``end_of_day`` (deadlines).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=tz)
+    if isinstance(value, dt.date):
+        return _day(value, tz, end_of_day)
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("must be a date or a date and time", field=field)
+    text = value.strip().lower()
+    if text == "now":
+        return now
+    if text in ("today", "tomorrow"):
+        day = now.astimezone(tz).date() + dt.timedelta(days=1 if text == "tomorrow" else 0)
+        return _day(day, tz, end_of_day)
+    match = _RELATIVE.match(text)
+    if match:
+        sign, amount, unit = match.groups()
+        delta = dt.timedelta(
+            **{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: int(amount)}
+        )
+        return now + delta if sign == "+" else now - delta
+    try:
+        if len(text) == 10:
+            return _day(dt.date.fromisoformat(text), tz, end_of_day)
+        parsed = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(
+            f"{value!r} is not a date or time (use ISO 8601 such as 2026-11-22 or "
+            "2026-11-22T15:30, or now, today, tomorrow, +3d, -2h)",
+            field=field,
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=tz)
+
+
+def _day(day: dt.date, tz: Any, end_of_day: bool) -> dt.datetime:
+    time = dt.time(23, 59, 59) if end_of_day else dt.time(0, 0)
+    return dt.datetime.combine(day, time, tzinfo=tz)
+
+
+def parse_date(value: Any, *, field: str) -> dt.date | None:
+    """A date from a date, a datetime or ISO text (``2026-12-31``); None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ValidationError(f"{value!r} is not a date (use YYYY-MM-DD)", field=field) from None
+
+
+def parse_money(value: Any, *, field: str = "amount") -> decimal.Decimal:
+    """A non-negative amount with at most two decimals."""
+    try:
+        amount = decimal.Decimal(str(value).strip().replace(" ", "").replace(",", "."))
+    except (decimal.InvalidOperation, ValueError):
+        raise ValidationError(f"{value!r} is not an amount of money", field=field) from None
+    if not amount.is_finite() or amount < 0:
+        raise ValidationError("must be a finite amount of zero or more", field=field)
+    if amount != amount.quantize(decimal.Decimal("0.01")):
+        raise ValidationError("has more than two decimals", field=field)
+    if amount >= decimal.Decimal("1e14"):
+        raise ValidationError("is too large", field=field)
+    return amount.quantize(decimal.Decimal("0.01"))
+
+
+def choose(value: Any, allowed: Any, *, field: str, what: str) -> str:
+    """``value`` if it is one of ``allowed``; the error lists them."""
+    if value in allowed:
+        return str(value)
+    listed = ", ".join(allowed) or "none"
+    raise ValidationError(f"{value!r} is not a known {what} (allowed: {listed})", field=field)

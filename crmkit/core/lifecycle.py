@@ -1,0 +1,972 @@
+"""The lifecycle repositories: interactions, deals and their stage history, invoices, tasks.
+
+Every move of a deal or of a client's lifecycle goes through
+:func:`move_entity`, which enforces the pipeline's rules (forward only,
+skipping, lost reasons), checks the entry gate (the stage's JSON Schema and
+the ``crmkit_check_stage_entry`` hook), stores a :class:`StageChange` and
+calls ``crmkit_stage_changed``. The stage history is therefore complete:
+the stage of any deal at any past moment can be read from ``stage_changes``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+import decimal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from attrs import field, frozen
+from sqlalchemy import and_, false, func, insert, or_, select, update
+
+from .errors import Conflict, NotFound, Problem, ValidationError
+from .model import (
+    Client,
+    Deal,
+    DealStatus,
+    Direction,
+    FollowUp,
+    Interaction,
+    Invoice,
+    InvoiceStatus,
+    MoveTo,
+    StageChange,
+    Task,
+    TaskStep,
+    to_json,
+)
+from .pipeline import LOST, TERMINAL, WON, Pipeline
+from .schema import utcnow
+from .store import _enum, _Repo
+from .validation import choose, parse_date, parse_money, parse_when, require_text, schema_problems
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .store import Session
+
+
+@frozen
+class Logged:
+    """What logging an interaction did: the record, and the effects it had."""
+
+    interaction: Interaction
+    changes: list[StageChange] = field(factory=list)
+    tasks: list[Task] = field(factory=list)
+    refused: list[str] = field(factory=list)  #: moves that rules proposed and gates refused
+
+
+# -- moving down a pipeline ------------------------------------------------------------
+def gate_view(deal: Deal | None, client: Client) -> dict[str, Any]:
+    """What an entry gate's JSON Schema sees: ``{"deal": ..., "client": ...}`` as JSON."""
+    view: dict[str, Any] = {"client": to_json(client), "deal": None}
+    if deal is not None:
+        view["deal"] = to_json(deal)
+        view["deal"]["amount"] = float(deal.amount)  # a number, so that numeric keywords apply
+    return view
+
+
+def move_entity(
+    s: Session,
+    *,
+    pipeline: Pipeline,
+    entity: str,
+    entity_id: int,
+    current: str | None,
+    entered_at: dt.datetime | None,
+    target: str,
+    deal: Deal | None,
+    client: Client,
+    at: dt.datetime,
+    cause: str,
+    interaction_id: int | None = None,
+    reason: str | None = None,
+    note: str | None = None,
+) -> StageChange:
+    """Check and store one move; raises :class:`ValidationError` listing every unmet rule."""
+    what = f"{entity} #{entity_id}"
+    problems: list[Problem] = []
+    if current is not None:
+        problems += pipeline.move_problems(current, target, lost_reason=reason)
+    else:
+        pipeline.stage(target)  # a first stage must at least exist
+    if entered_at is not None and at < entered_at:
+        problems.append(Problem("at", f"{at.isoformat()} is before {what} entered {current!r}"))
+    if not problems and target != LOST:
+        stage = pipeline.stage(target)
+        if stage.gate:
+            problems += schema_problems(stage.gate, gate_view(deal, client))
+        problems += s.crm.plugins.check_stage_entry(
+            session=s, pipeline=pipeline, stage=stage, deal=deal, client=client
+        )
+    if problems:
+        raise ValidationError(
+            f"cannot move {what} to {target!r}: " + "; ".join(str(p) for p in problems),
+            field="stage",
+            problems=problems,
+        )
+    t = s.table("stage_changes")
+    note = note or (reason if target == LOST else None)
+    values = {
+        "entity": entity,
+        "entity_id": entity_id,
+        "pipeline": pipeline.name,
+        "from_stage": current,
+        "to_stage": target,
+        "at": at,
+        "user_id": s.user.id,
+        "cause": cause,
+        "interaction_id": interaction_id,
+        "note": note,
+    }
+    change_id = s.connection.execute(insert(t).values(values).returning(t.c.id)).scalar_one()
+    return StageChange(
+        id=change_id,
+        entity=entity,
+        entity_id=entity_id,
+        pipeline=pipeline.name,
+        from_stage=current,
+        to_stage=target,
+        at=at,
+        cause=cause,
+        user_id=s.user.id,
+        user=s.user.login,
+        interaction_id=interaction_id,
+        note=note,
+    )
+
+
+class History(_Repo):
+    """The stored stage changes of deals and client lifecycles."""
+
+    table_name = "stage_changes"
+
+    def of(self, entity: str, entity_id: int) -> builtins.list[StageChange]:
+        """Every move of one deal or client, oldest first."""
+        users = self.s.table("users")
+        rows = self.conn.execute(
+            select(self.t, users.c.login.label("user"))
+            .select_from(self.t.outerjoin(users, users.c.id == self.t.c.user_id))
+            .where(self.t.c.entity == entity, self.t.c.entity_id == entity_id)
+            .order_by(self.t.c.at, self.t.c.id)
+        )
+        return [StageChange(**r._mapping) for r in rows]
+
+    def stage_at(self, entity: str, entity_id: int, when: dt.datetime) -> str | None:
+        """The stage at ``when``, read from the history alone (None: not yet in the pipeline)."""
+        row = self.conn.execute(
+            select(self.t.c.to_stage)
+            .where(self.t.c.entity == entity, self.t.c.entity_id == entity_id, self.t.c.at <= when)
+            .order_by(self.t.c.at.desc(), self.t.c.id.desc())
+            .limit(1)
+        ).first()
+        return row[0] if row else None
+
+
+# -- deals -----------------------------------------------------------------------------
+class Deals(_Repo):
+    """Deals: opened on a client, moved forward through a pipeline, won or lost."""
+
+    table_name = "deals"
+
+    def open(
+        self,
+        client_id: int,
+        *,
+        pipeline: str | None = None,
+        amount: Any = 0,
+        title: str | None = None,
+        currency: str | None = None,
+        owner: str | int | None = None,
+        expected_close: Any = None,
+        at: Any = None,
+    ) -> Deal:
+        """Open a deal at the first stage of ``pipeline`` (default: the first deal pipeline)."""
+        crm = self.s.crm
+        client = self.s.clients.get(client_id)
+        name = pipeline or next((p.name for p in crm.pipelines.values() if p.entity == "deal"), "")
+        problems: list[Problem] = []
+        values: dict[str, Any] = {}
+        for key, fn in (
+            ("pipeline", lambda: crm.pipeline(name).name),
+            ("amount", lambda: parse_money(amount)),
+            ("title", lambda: require_text(title or f"{client.name}", field="title")),
+            ("currency", lambda: _currency(currency or crm.config.currency)),
+            ("owner_id", lambda: self.s.clients._owner(self.s.user.id if owner is None else owner)),
+            ("expected_close", lambda: parse_date(expected_close, field="close_by")),
+            ("opened_at", lambda: self._when(at)),
+        ):
+            try:
+                values[key] = fn()
+            except (ValidationError, NotFound) as exc:
+                problems.append(Problem(exc.field, exc.message))
+        if problems:
+            raise ValidationError.from_problems(problems)
+        flow = crm.pipeline(values["pipeline"])
+        first = flow.first.name
+        values.update(
+            client_id=client.id,
+            stage=first,
+            status=DealStatus.OPEN.value,
+            stage_entered_at=values["opened_at"],
+            created_by=self.s.user.id,
+        )
+        deal_id = self._insert(values)
+        deal = self.get(deal_id)
+        change = move_entity(
+            self.s,
+            pipeline=flow,
+            entity="deal",
+            entity_id=deal_id,
+            current=None,
+            entered_at=None,
+            target=first,
+            deal=deal,
+            client=client,
+            at=values["opened_at"],
+            cause="opened",
+        )
+        self.s.crm.plugins.stage_changed(session=self.s, change=change)
+        return self.get(deal_id)
+
+    def move(
+        self,
+        deal_id: int,
+        stage: str,
+        *,
+        at: Any = None,
+        cause: str = "manual",
+        interaction_id: int | None = None,
+        reason: str | None = None,
+        note: str | None = None,
+    ) -> StageChange:
+        """Move a deal forward to ``stage`` (``won``/``lost`` close it)."""
+        deal = self.get(deal_id)
+        flow = self.s.crm.pipelines[deal.pipeline]
+        when = self._when(at)
+        change = move_entity(
+            self.s,
+            pipeline=flow,
+            entity="deal",
+            entity_id=deal.id,
+            current=deal.stage,
+            entered_at=deal.stage_entered_at,
+            target=stage,
+            deal=deal,
+            client=self.s.clients.get(deal.client_id),
+            at=when,
+            cause=cause,
+            interaction_id=interaction_id,
+            reason=reason,
+            note=note,
+        )
+        values: dict[str, Any] = {"stage": stage, "stage_entered_at": when}
+        if stage in TERMINAL:
+            values.update(
+                status=stage, closed_at=when, lost_reason=reason if stage == LOST else None
+            )
+        self.conn.execute(update(self.t).where(self.t.c.id == deal.id).values(values))
+        self.s.crm.plugins.stage_changed(session=self.s, change=change)
+        return change
+
+    def win(self, deal_id: int, *, at: Any = None, note: str | None = None) -> StageChange:
+        """Close a deal as won: from the last stage, or any if the pipeline allows skipping."""
+        return self.move(deal_id, WON, at=at, note=note)
+
+    def lose(
+        self, deal_id: int, reason: str, *, at: Any = None, note: str | None = None
+    ) -> StageChange:
+        """Close a deal as lost, with a reason from the pipeline's formal list."""
+        return self.move(deal_id, LOST, at=at, reason=reason, note=note)
+
+    def update(self, deal_id: int, **changes: Any) -> Deal:
+        """Change ``title``, ``amount``, ``currency``, ``owner`` or ``expected_close``."""
+        deal = self.get(deal_id)
+        allowed = {"title", "amount", "currency", "owner", "expected_close"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValidationError("cannot be changed this way", field=sorted(unknown)[0])
+        values: dict[str, Any] = {}
+        if "title" in changes:
+            values["title"] = require_text(changes["title"], field="title")
+        if "amount" in changes:
+            values["amount"] = parse_money(changes["amount"])
+        if "currency" in changes:
+            values["currency"] = _currency(changes["currency"])
+        if "owner" in changes:
+            values["owner_id"] = self.s.clients._owner(changes["owner"])
+        if "expected_close" in changes:
+            values["expected_close"] = parse_date(changes["expected_close"], field="close_by")
+        if values:
+            self.conn.execute(update(self.t).where(self.t.c.id == deal.id).values(values))
+            self.s.record("deal", deal.id, "updated", _jsonable(values))
+        return self.get(deal.id)
+
+    def get(self, deal_id: int) -> Deal:
+        """The deal with this id; raises :class:`NotFound`."""
+        row = self.conn.execute(self._select().where(self.t.c.id == deal_id)).first()
+        if row is None:
+            raise NotFound(f"no deal with id {deal_id}", field="deal")
+        return _deal(row)
+
+    def list(
+        self,
+        *,
+        pipeline: str | None = None,
+        stage: str | None = None,
+        status: str | None = None,
+        owner: str | int | None = None,
+        client_id: int | None = None,
+        stalled: bool | None = None,
+        now: dt.datetime | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> builtins.list[Deal]:
+        """Deals, newest first; ``stalled`` keeps those beyond their stage's allotted days."""
+        q = self._select()
+        if pipeline is not None:
+            q = q.where(self.t.c.pipeline == self.s.crm.pipeline(pipeline).name)
+        if stage is not None:
+            q = q.where(self.t.c.stage == stage)
+        if status is not None:
+            q = q.where(self.t.c.status == _enum(DealStatus, status, "status").value)
+        if owner is not None:
+            q = q.where(self.t.c.owner_id == self.s.users.get(owner, field="owner").id)
+        if client_id is not None:
+            q = q.where(self.t.c.client_id == client_id)
+        if stalled is not None:
+            cond = self.stalled_condition(now or utcnow())
+            q = q.where(cond if stalled else ~cond)
+        q = q.order_by(self.t.c.id.desc()).limit(limit).offset(offset)
+        return [_deal(r) for r in self.conn.execute(q)]
+
+    def stalled_condition(self, now: dt.datetime) -> Any:
+        """SQL: the deal is open and longer in its stage than the stage's allotted days."""
+        terms = [
+            and_(
+                self.t.c.pipeline == flow.name,
+                self.t.c.stage == stage.name,
+                self.t.c.stage_entered_at < now - dt.timedelta(days=stage.days),
+            )
+            for flow in self.s.crm.pipelines.values()
+            if flow.entity == "deal"
+            for stage in flow.stages
+            if stage.days
+        ]
+        if not terms:
+            return false()
+        return and_(self.t.c.status == DealStatus.OPEN.value, or_(*terms))
+
+    def is_stalled(self, deal: Deal, now: dt.datetime | None = None) -> bool:
+        """Is ``deal`` open and beyond its stage's allotted days?"""
+        if deal.status != DealStatus.OPEN or deal.stage_entered_at is None:
+            return False
+        stage = self.s.crm.pipelines[deal.pipeline].stage(deal.stage)
+        if not stage.days:
+            return False
+        return (now or utcnow()) - deal.stage_entered_at > dt.timedelta(days=stage.days)
+
+    def history(self, deal_id: int) -> builtins.list[StageChange]:
+        """Every stage change of the deal, oldest first."""
+        self.get(deal_id)
+        return self.s.history.of("deal", deal_id)
+
+    def stage_at(self, deal_id: int, when: Any) -> str | None:
+        """The deal's stage at ``when``, from its history alone."""
+        return self.s.history.stage_at("deal", deal_id, self._when(when))
+
+    def _when(self, value: Any) -> dt.datetime:
+        return utcnow() if value is None else parse_when(value, self.s.crm.tz, field="at")
+
+    def _select(self) -> Any:
+        users = self.s.table("users")
+        return select(self.t, users.c.login.label("owner")).select_from(
+            self.t.outerjoin(users, users.c.id == self.t.c.owner_id)
+        )
+
+
+# -- interactions ----------------------------------------------------------------------
+class Interactions(_Repo):
+    """Every communication with a client, with a formal topic and outcome."""
+
+    table_name = "interactions"
+
+    def log(
+        self,
+        client_id: int,
+        kind: str,
+        *,
+        topic: str,
+        outcome: str,
+        direction: str | None = None,
+        at: Any = None,
+        duration: int | None = None,
+        deal_id: int | None = None,
+        respondents: Sequence[int] = (),
+        note: str | None = None,
+    ) -> Logged:
+        """Record an interaction and apply its effects (outcome rules, plugins) at once."""
+        crm = self.s.crm
+        client = self.s.clients.get(client_id)
+        problems: list[Problem] = []
+        values: dict[str, Any] = {"client_id": client.id, "user_id": self.s.user.id}
+
+        def check(key: str, fn: Any) -> None:
+            try:
+                values[key] = fn()
+            except (ValidationError, NotFound) as exc:
+                problems.append(Problem(exc.field, exc.message))
+
+        check("kind", lambda: crm.interaction_kind(kind).name)
+        spec = crm.interaction_kinds.get(kind)
+        if spec is not None:
+            check("topic", lambda: choose(topic, spec.topics, field="topic", what=f"{kind} topic"))
+            check(
+                "outcome",
+                lambda: choose(outcome, spec.outcomes, field="outcome", what=f"{kind} outcome"),
+            )
+            check("direction", lambda: _direction(direction, required=spec.direction_required))
+        check("occurred_at", lambda: utcnow() if at is None else parse_when(at, crm.tz, field="at"))
+        check("duration_min", lambda: _duration(duration))
+        check("note", lambda: (note or "").strip() or None)
+        if deal_id is not None:
+            try:
+                deal = self.s.deals.get(deal_id)
+                if deal.client_id != client.id:
+                    problems.append(
+                        Problem(
+                            "deal",
+                            f"deal #{deal.id} belongs to client #{deal.client_id}, "
+                            f"not to client #{client.id}",
+                        )
+                    )
+                values["deal_id"] = deal.id
+            except NotFound as exc:
+                problems.append(Problem(exc.field, exc.message))
+        contact_ids = list(dict.fromkeys(int(r) for r in respondents))
+        if contact_ids:
+            contacts = self.s.table("contacts")
+            found = set(
+                self.conn.execute(
+                    select(contacts.c.id).where(
+                        contacts.c.id.in_(contact_ids), contacts.c.client_id == client.id
+                    )
+                ).scalars()
+            )
+            for missing in [c for c in contact_ids if c not in found]:
+                problems.append(
+                    Problem(
+                        "respondent", f"contact #{missing} is not a contact of client #{client.id}"
+                    )
+                )
+        if problems:
+            raise ValidationError.from_problems(problems)
+        values["created_at"] = utcnow()
+        interaction_id = self._insert(values)
+        if contact_ids:
+            self.conn.execute(
+                insert(self.s.table("interaction_respondents")),
+                [{"interaction_id": interaction_id, "contact_id": c} for c in contact_ids],
+            )
+        interaction = self.get(interaction_id)
+        return self._apply_effects(interaction)
+
+    def _apply_effects(self, interaction: Interaction) -> Logged:
+        crm = self.s.crm
+        effects: list[Any] = []
+        deal = self.s.deals.get(interaction.deal_id) if interaction.deal_id else None
+        if deal is not None:
+            for rule in crm.pipelines[deal.pipeline].matching_rules(
+                interaction.kind, interaction.topic, interaction.outcome
+            ):
+                if rule.move_to:
+                    effects.append(("rule", MoveTo(rule.move_to, deal_id=deal.id)))
+                if rule.task:
+                    effects.append(("rule", _follow_up(rule.task)))
+        if crm.lifecycle is not None:
+            for rule in crm.lifecycle.matching_rules(
+                interaction.kind, interaction.topic, interaction.outcome
+            ):
+                if rule.move_to:
+                    effects.append(("rule", MoveTo(rule.move_to, client=True)))
+                if rule.task:
+                    effects.append(("rule", _follow_up(rule.task)))
+        effects += [
+            ("plugin", e)
+            for e in crm.plugins.interaction_logged(session=self.s, interaction=interaction)
+        ]
+        changes: list[StageChange] = []
+        tasks: list[Task] = []
+        refused: list[str] = []
+        for source, effect in effects:
+            if isinstance(effect, MoveTo):
+                change = self._move(interaction, effect, source, refused)
+                if change is not None:
+                    changes.append(change)
+            elif isinstance(effect, FollowUp):
+                tasks.append(
+                    self.s.tasks.add(
+                        effect.title,
+                        due=interaction.occurred_at + dt.timedelta(hours=effect.due_in_hours),
+                        assignee=effect.assignee if effect.assignee is not None else self.s.user.id,
+                        client_id=interaction.client_id,
+                        deal_id=interaction.deal_id,
+                        steps=effect.steps,
+                    )
+                )
+            else:
+                raise TypeError(
+                    f"crmkit_interaction_logged returned {effect!r}: expected MoveTo or FollowUp"
+                )
+        return Logged(interaction=interaction, changes=changes, tasks=tasks, refused=refused)
+
+    def _move(
+        self, interaction: Interaction, effect: MoveTo, source: str, refused: list[str]
+    ) -> StageChange | None:
+        s = self.s
+        if effect.client:
+            flow = s.crm.lifecycle
+            client = s.clients.get(interaction.client_id)
+            if flow is None:
+                return None
+            current = client.stage
+            label = f"client #{client.id}"
+        else:
+            deal_id = effect.deal_id or interaction.deal_id
+            if deal_id is None:
+                refused.append(
+                    f"no deal to move to {effect.stage!r}: log the interaction with a deal"
+                )
+                return None
+            deal = s.deals.get(deal_id)
+            flow = s.crm.pipelines[deal.pipeline]
+            current = deal.stage
+            label = f"deal #{deal.id}"
+        # a rule whose stage was already reached or passed (or closed) does not apply
+        if (
+            source == "rule"
+            and current is not None
+            and (current in TERMINAL or flow.stage(effect.stage).order <= flow.stage(current).order)
+        ):
+            return None
+        try:
+            with s.connection.begin_nested():
+                if effect.client:
+                    return s.clients.move(
+                        interaction.client_id,
+                        effect.stage,
+                        at=interaction.occurred_at,
+                        cause="interaction",
+                        interaction_id=interaction.id,
+                        reason=effect.reason,
+                    )
+                assert deal_id is not None
+                return s.deals.move(
+                    deal_id,
+                    effect.stage,
+                    at=interaction.occurred_at,
+                    cause="interaction",
+                    interaction_id=interaction.id,
+                    reason=effect.reason,
+                )
+        except ValidationError as exc:
+            refused.append(f"{label} stays: {exc}")
+            return None
+
+    def get(self, interaction_id: int) -> Interaction:
+        """The interaction with this id; raises :class:`NotFound`."""
+        rows = self._fetch(self._select().where(self.t.c.id == interaction_id))
+        if not rows:
+            raise NotFound(f"no interaction with id {interaction_id}", field="interaction")
+        return rows[0]
+
+    def list(
+        self,
+        *,
+        client_id: int | None = None,
+        deal_id: int | None = None,
+        user: str | int | None = None,
+        kind: str | None = None,
+        since: Any = None,
+        until: Any = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> builtins.list[Interaction]:
+        """Interactions, newest first."""
+        q = self._select()
+        if client_id is not None:
+            q = q.where(self.t.c.client_id == client_id)
+        if deal_id is not None:
+            q = q.where(self.t.c.deal_id == deal_id)
+        if user is not None:
+            q = q.where(self.t.c.user_id == self.s.users.get(user, field="user").id)
+        if kind is not None:
+            q = q.where(self.t.c.kind == kind)
+        tz = self.s.crm.tz
+        if since is not None:
+            q = q.where(self.t.c.occurred_at >= parse_when(since, tz, field="since"))
+        if until is not None:
+            q = q.where(
+                self.t.c.occurred_at <= parse_when(until, tz, field="until", end_of_day=True)
+            )
+        q = q.order_by(self.t.c.occurred_at.desc(), self.t.c.id.desc()).limit(limit).offset(offset)
+        return self._fetch(q)
+
+    def _select(self) -> Any:
+        users = self.s.table("users")
+        return select(self.t, users.c.login.label("user")).select_from(
+            self.t.outerjoin(users, users.c.id == self.t.c.user_id)
+        )
+
+    def _fetch(self, q: Any) -> builtins.list[Interaction]:
+        rows = self.conn.execute(q).all()
+        if not rows:
+            return []
+        links = self.s.table("interaction_respondents")
+        respondents: dict[int, builtins.list[int]] = {}
+        for iid, cid in self.conn.execute(
+            select(links.c.interaction_id, links.c.contact_id)
+            .where(links.c.interaction_id.in_([r.id for r in rows]))
+            .order_by(links.c.contact_id)
+        ):
+            respondents.setdefault(iid, []).append(cid)
+        out = []
+        for row in rows:
+            data = dict(row._mapping)
+            data["direction"] = Direction(data["direction"]) if data["direction"] else None
+            out.append(Interaction(respondents=respondents.get(row.id, []), **data))
+        return out
+
+
+# -- invoices --------------------------------------------------------------------------
+class Invoices(_Repo):
+    """Invoices of deals: issued, then paid or cancelled; every change is an event."""
+
+    table_name = "invoices"
+
+    def issue(
+        self,
+        deal_id: int,
+        amount: Any,
+        *,
+        number: str | None = None,
+        currency: str | None = None,
+        at: Any = None,
+    ) -> Invoice:
+        """Issue an invoice for a deal that is not lost."""
+        deal = self.s.deals.get(deal_id)
+        if deal.status == DealStatus.LOST:
+            raise Conflict(f"deal #{deal.id} is lost; no invoice can be issued", field="deal")
+        when = utcnow() if at is None else parse_when(at, self.s.crm.tz, field="at")
+        values = {
+            "deal_id": deal.id,
+            "amount": parse_money(amount),
+            "currency": _currency(currency or deal.currency),
+            "status": InvoiceStatus.ISSUED.value,
+            "issued_at": when,
+            "created_by": self.s.user.id,
+        }
+        if number is not None:
+            number = require_text(number, field="number", max_length=50)
+            if self.find(number) is not None:
+                raise Conflict(f"invoice {number!r} already exists", field="number")
+        values["number"] = number if number is not None else self._next_number(when)
+        invoice_id = self._insert(values)
+        invoice = self.get(invoice_id)
+        self.s.record("invoice", invoice.id, "issued", _jsonable(values))
+        self.s.crm.plugins.invoice_status_changed(session=self.s, invoice=invoice, old_status=None)
+        return invoice
+
+    def pay(self, invoice_id: int, *, at: Any = None) -> Invoice:
+        """Mark an issued invoice paid."""
+        return self._set_status(invoice_id, InvoiceStatus.PAID, at, "paid_at")
+
+    def cancel(self, invoice_id: int, *, at: Any = None) -> Invoice:
+        """Cancel an issued invoice."""
+        return self._set_status(invoice_id, InvoiceStatus.CANCELLED, at, "cancelled_at")
+
+    def _set_status(self, invoice_id: int, status: InvoiceStatus, at: Any, column: str) -> Invoice:
+        invoice = self.get(invoice_id)
+        if invoice.status != InvoiceStatus.ISSUED:
+            raise Conflict(
+                f"invoice {invoice.number} is {invoice.status.value}; only an issued invoice "
+                f"can become {status.value}",
+                field="status",
+            )
+        when = utcnow() if at is None else parse_when(at, self.s.crm.tz, field="at")
+        if when < invoice.issued_at:
+            raise ValidationError(
+                f"is before the invoice was issued ({invoice.issued_at})", field="at"
+            )
+        self.conn.execute(
+            update(self.t)
+            .where(self.t.c.id == invoice.id)
+            .values(status=status.value, **{column: when})
+        )
+        self.s.record(
+            "invoice",
+            invoice.id,
+            status.value,
+            {"from": invoice.status.value, "at": when.isoformat()},
+        )
+        updated = self.get(invoice.id)
+        self.s.crm.plugins.invoice_status_changed(
+            session=self.s, invoice=updated, old_status=invoice.status.value
+        )
+        return updated
+
+    def find(self, number: str) -> Invoice | None:
+        row = self.conn.execute(select(self.t).where(self.t.c.number == number)).first()
+        return _invoice(row) if row else None
+
+    def get(self, invoice_id: int) -> Invoice:
+        """The invoice with this id; raises :class:`NotFound`."""
+        row = self.conn.execute(select(self.t).where(self.t.c.id == invoice_id)).first()
+        if row is None:
+            raise NotFound(f"no invoice with id {invoice_id}", field="invoice")
+        return _invoice(row)
+
+    def list(
+        self, *, status: str | None = None, deal_id: int | None = None, limit: int | None = 50
+    ) -> builtins.list[Invoice]:
+        """Invoices, newest first."""
+        q = select(self.t)
+        if status is not None:
+            q = q.where(self.t.c.status == _enum(InvoiceStatus, status, "status").value)
+        if deal_id is not None:
+            q = q.where(self.t.c.deal_id == deal_id)
+        q = q.order_by(self.t.c.issued_at.desc(), self.t.c.id.desc()).limit(limit)
+        return [_invoice(r) for r in self.conn.execute(q)]
+
+    def _next_number(self, when: dt.datetime) -> str:
+        prefix = f"{when.astimezone(self.s.crm.tz).year}-"
+        count = self.conn.execute(
+            select(func.count()).where(self.t.c.number.like(f"{prefix}%"))
+        ).scalar_one()
+        number = int(count) + 1
+        while self.find(f"{prefix}{number:05d}") is not None:
+            number += 1
+        return f"{prefix}{number:05d}"
+
+
+# -- tasks -----------------------------------------------------------------------------
+class Tasks(_Repo):
+    """Tasks with ordered steps, an assignee and a deadline."""
+
+    table_name = "tasks"
+
+    def add(
+        self,
+        title: str,
+        *,
+        due: Any,
+        assignee: str | int | None = None,
+        client_id: int | None = None,
+        deal_id: int | None = None,
+        steps: Sequence[str] = (),
+    ) -> Task:
+        """Create a task (assigned to the acting user unless ``assignee`` is given)."""
+        problems: list[Problem] = []
+        values: dict[str, Any] = {"created_by": self.s.user.id, "created_at": utcnow()}
+        for key, fn in (
+            ("title", lambda: require_text(title, field="title")),
+            ("due_at", lambda: parse_when(due, self.s.crm.tz, field="due", end_of_day=True)),
+            (
+                "assignee_id",
+                lambda: self.s.clients._owner(
+                    self.s.user.id if assignee is None else assignee, field="assignee"
+                ),
+            ),
+            ("client_id", lambda: None if client_id is None else self.s.clients.get(client_id).id),
+            ("deal_id", lambda: None if deal_id is None else self.s.deals.get(deal_id).id),
+            (
+                "steps",
+                lambda: [
+                    {"text": require_text(t, field=f"steps.{i + 1}"), "done_at": None}
+                    for i, t in enumerate(steps)
+                ],
+            ),
+        ):
+            try:
+                values[key] = fn()
+            except (ValidationError, NotFound) as exc:
+                problems.append(Problem(exc.field, exc.message))
+        if problems:
+            raise ValidationError.from_problems(problems)
+        if values["deal_id"] is not None and values["client_id"] is None:
+            values["client_id"] = self.s.deals.get(values["deal_id"]).client_id
+        task_id = self._insert(values)
+        self.s.record("task", task_id, "created", _jsonable(values))
+        return self.get(task_id)
+
+    def step(self, task_id: int, number: int, *, done: bool = True, at: Any = None) -> Task:
+        """Mark step ``number`` (from 1) done, or not done again."""
+        task = self.get(task_id)
+        if not 1 <= number <= len(task.steps):
+            raise ValidationError(
+                f"task #{task.id} has {len(task.steps)} steps; there is no step {number}",
+                field="step",
+            )
+        when = self._when(at)
+        steps = [to_json(s) for s in task.steps]
+        steps[number - 1]["done_at"] = when.isoformat() if done else None
+        self.conn.execute(update(self.t).where(self.t.c.id == task.id).values(steps=steps))
+        self.s.record("task", task.id, "step_done" if done else "step_undone", {"step": number})
+        return self.get(task.id)
+
+    def done(self, task_id: int, *, at: Any = None, force: bool = False) -> Task:
+        """Close a task; it is recorded as late when done after its deadline.
+
+        All steps must be done first, unless ``force``.
+        """
+        task = self.get(task_id)
+        if task.done_at is not None:
+            raise Conflict(f"task #{task.id} is already done", field="task")
+        open_steps = [str(i + 1) for i, s in enumerate(task.steps) if s.done_at is None]
+        if open_steps and not force:
+            raise ValidationError(
+                f"task #{task.id}: step {', '.join(open_steps)} not done yet "
+                "(mark them done, or force)",
+                field="steps",
+            )
+        when = self._when(at)
+        late = when > task.due_at
+        self.conn.execute(
+            update(self.t).where(self.t.c.id == task.id).values(done_at=when, done_late=late)
+        )
+        self.s.record("task", task.id, "done", {"at": when.isoformat(), "late": late})
+        return self.get(task.id)
+
+    def get(self, task_id: int) -> Task:
+        """The task with this id; raises :class:`NotFound`."""
+        row = self.conn.execute(self._select().where(self.t.c.id == task_id)).first()
+        if row is None:
+            raise NotFound(f"no task with id {task_id}", field="task")
+        return _task(row)
+
+    def list(
+        self,
+        *,
+        assignee: str | int | None = None,
+        overdue: bool | None = None,
+        done: bool | None = None,
+        client_id: int | None = None,
+        deal_id: int | None = None,
+        now: dt.datetime | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
+    ) -> builtins.list[Task]:
+        """Tasks by deadline. ``overdue``: open past the deadline, or done late."""
+        q = self._select()
+        if assignee is not None:
+            q = q.where(self.t.c.assignee_id == self.s.users.get(assignee, field="assignee").id)
+        if done is not None:
+            q = q.where(self.t.c.done_at.is_not(None) if done else self.t.c.done_at.is_(None))
+        if client_id is not None:
+            q = q.where(self.t.c.client_id == client_id)
+        if deal_id is not None:
+            q = q.where(self.t.c.deal_id == deal_id)
+        if overdue is not None:
+            cond = or_(
+                and_(self.t.c.done_at.is_(None), self.t.c.due_at < (now or utcnow())),
+                self.t.c.done_late.is_(True),
+            )
+            q = q.where(cond if overdue else ~cond)
+        q = q.order_by(self.t.c.due_at, self.t.c.id).limit(limit).offset(offset)
+        return [_task(r) for r in self.conn.execute(q)]
+
+    def _when(self, value: Any) -> dt.datetime:
+        return utcnow() if value is None else parse_when(value, self.s.crm.tz, field="at")
+
+    def _select(self) -> Any:
+        users = self.s.table("users")
+        return select(self.t, users.c.login.label("assignee")).select_from(
+            self.t.outerjoin(users, users.c.id == self.t.c.assignee_id)
+        )
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _currency(value: str) -> str:
+    code = str(value).strip().upper()
+    if len(code) != 3 or not code.isalpha():
+        raise ValidationError(f"{value!r} is not a 3-letter currency code", field="currency")
+    return code
+
+
+def _direction(value: str | None, *, required: bool) -> str | None:
+    if value in (None, ""):
+        if required:
+            raise ValidationError(
+                "is required for this kind (inbound or outbound)", field="direction"
+            )
+        return None
+    return str(_enum(Direction, value, "direction").value)
+
+
+def _duration(value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        minutes = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{value!r} is not a number of minutes", field="duration") from None
+    if not 0 <= minutes <= 24 * 60:
+        raise ValidationError("must be between 0 and 1440 minutes", field="duration")
+    return minutes
+
+
+def _follow_up(task: dict[str, Any]) -> FollowUp:
+    return FollowUp(
+        title=task["title"],
+        due_in_hours=task.get("due_in_hours", 24),
+        steps=tuple(task.get("steps", ())),
+    )
+
+
+def _deal(row: Any) -> Deal:
+    data = dict(row._mapping)
+    data.pop("created_by", None)
+    data["status"] = DealStatus(data["status"])
+    data["amount"] = decimal.Decimal(data["amount"]).quantize(decimal.Decimal("0.01"))
+    return Deal(**data)
+
+
+def _invoice(row: Any) -> Invoice:
+    data = dict(row._mapping)
+    data.pop("created_by", None)
+    data["status"] = InvoiceStatus(data["status"])
+    data["amount"] = decimal.Decimal(data["amount"]).quantize(decimal.Decimal("0.01"))
+    return Invoice(**data)
+
+
+def _task(row: Any) -> Task:
+    data = dict(row._mapping)
+    data["steps"] = [
+        TaskStep(
+            text=s["text"],
+            done_at=dt.datetime.fromisoformat(s["done_at"]) if s.get("done_at") else None,
+        )
+        for s in data["steps"] or []
+    ]
+    return Task(**data)
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if hasattr(value, "isoformat"):
+            value = value.isoformat()
+        elif isinstance(value, decimal.Decimal):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+__all__ = [
+    "Deals",
+    "History",
+    "Interactions",
+    "Invoices",
+    "Logged",
+    "Tasks",
+    "gate_view",
+    "move_entity",
+]

@@ -1,0 +1,167 @@
+"""Built-in plugin: pipeline templates and the client lifecycle.
+
+* ``b2b``: the B2B funnel of the source documents: qualification,
+  presentation, commercial proposal, contract and invoice, payment and
+  shipment; ``won`` and ``lost`` are terminal.
+* ``webshop``: ad, visit, product view, cart, payment, delivery.
+* ``lifecycle``: the client's lifecycle (lead, qualified, customer, repeat
+  customer; ``lost``), moved by the same outcome rules and, when a deal is
+  won, to customer (or repeat customer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crmkit import hookimpl
+
+LOST_REASONS = [
+    "price",
+    "competitor",
+    "no_budget",
+    "no_need",
+    "no_response",
+    "timing",
+    "bad_fit",
+    "other",
+]
+
+B2B: dict[str, Any] = {
+    "name": "b2b",
+    "title": "B2B sales",
+    "description": "The written funnel of a B2B sales department.",
+    "entity": "deal",
+    "stages": [
+        {
+            "name": "qualification",
+            "title": "Qualification",
+            "probability": 0.1,
+            "days": 7,
+            "marks": ["mql"],
+        },
+        {
+            "name": "presentation",
+            "title": "Presentation",
+            "probability": 0.25,
+            "days": 14,
+            "marks": ["sql"],
+        },
+        {
+            "name": "proposal",
+            "title": "Commercial proposal",
+            "probability": 0.5,
+            "days": 10,
+            "marks": ["proposal"],
+            # the segment and the deal's amount must be known before a proposal
+            "gate": {
+                "properties": {
+                    "client": {
+                        "required": ["segment"],
+                        "properties": {"segment": {"type": "string"}},
+                    },
+                    "deal": {"properties": {"amount": {"exclusiveMinimum": 0}}},
+                }
+            },
+        },
+        {
+            "name": "contract_invoice",
+            "title": "Contract and invoice",
+            "probability": 0.7,
+            "days": 10,
+        },
+        {
+            "name": "payment_shipment",
+            "title": "Payment and shipment",
+            "probability": 0.9,
+            "days": 14,
+        },
+    ],
+    "lost_reasons": LOST_REASONS,
+    "rules": [
+        {"outcome": "meeting_scheduled", "move_to": "presentation"},
+        {
+            "outcome": "proposal_requested",
+            "move_to": "proposal",
+            "task": {
+                "title": "Prepare and send the commercial proposal",
+                "due_in_hours": 24,
+                "steps": [
+                    "Check the client card",
+                    "Fill in the proposal template",
+                    "Send it and log the email",
+                ],
+            },
+        },
+        {
+            "outcome": "agreed",
+            "move_to": "contract_invoice",
+            "task": {"title": "Send the contract and the invoice", "due_in_hours": 24},
+        },
+        {"outcome": "contract_signed", "move_to": "contract_invoice"},
+        {"outcome": "payment_promised", "move_to": "payment_shipment"},
+    ],
+}
+
+WEBSHOP: dict[str, Any] = {
+    "name": "webshop",
+    "title": "Web shop",
+    "description": "An online shop's funnel; visitors may jump ahead.",
+    "entity": "deal",
+    "allow_skip": True,
+    "stages": [
+        {"name": "ad", "title": "Advertisement", "probability": 0.01, "days": 3, "marks": ["mql"]},
+        {"name": "visit", "title": "Visit", "probability": 0.03, "days": 3},
+        {
+            "name": "product_view",
+            "title": "Product view",
+            "probability": 0.08,
+            "days": 3,
+            "marks": ["sql"],
+        },
+        {"name": "cart", "title": "Cart", "probability": 0.3, "days": 2, "marks": ["proposal"]},
+        {"name": "payment", "title": "Payment", "probability": 0.85, "days": 2},
+        {"name": "delivery", "title": "Delivery", "probability": 0.97, "days": 7},
+    ],
+    "lost_reasons": ["abandoned_cart", "payment_failed", "out_of_stock", "returned", "other"],
+}
+
+LIFECYCLE: dict[str, Any] = {
+    "name": "lifecycle",
+    "title": "Client lifecycle",
+    "description": "Where a client stands with us.",
+    "entity": "client",
+    "allow_skip": True,
+    "stages": [
+        {"name": "lead", "title": "Lead"},
+        {"name": "qualified", "title": "Qualified"},
+        {"name": "customer", "title": "Customer"},
+        {"name": "repeat_customer", "title": "Repeat customer"},
+    ],
+    "lost_reasons": ["no_need", "competitor", "closed_down", "no_response", "other"],
+    "rules": [
+        {"outcome": "interested", "move_to": "qualified"},
+        {"outcome": "meeting_scheduled", "move_to": "qualified"},
+        {"outcome": "needs_identified", "move_to": "qualified"},
+        {"outcome": "proposal_requested", "move_to": "qualified"},
+    ],
+}
+
+
+@hookimpl(trylast=True)
+def crmkit_pipelines() -> list[dict[str, Any]]:
+    return [B2B, WEBSHOP, LIFECYCLE]
+
+
+@hookimpl
+def crmkit_stage_changed(session: Any, change: Any) -> None:
+    """A won deal makes its client a customer, or a repeat customer if it was one."""
+    if change.entity != "deal" or change.to_stage != "won":
+        return
+    lifecycle = session.crm.lifecycle
+    if lifecycle is None:
+        return
+    client_id = session.deals.get(change.entity_id).client_id
+    current = session.clients.get(client_id).stage
+    target = "repeat_customer" if current in ("customer", "repeat_customer") else "customer"
+    if current != target and target in lifecycle.stage_names:
+        session.clients.move(client_id, target, cause="automation", at=change.at)
