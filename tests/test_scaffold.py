@@ -6,6 +6,7 @@ import ast
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tomllib
@@ -234,9 +235,10 @@ def test_cli_plugin_new_refuses_a_non_empty_folder(tmp_path: Path) -> None:
 def test_the_plugin_installs_into_a_venv_and_passes_its_tests(tmp_path: Path) -> None:
     """Generate, ``pip install`` (not editable) into a new venv, run its tests, list it.
 
-    The venv sees the system site-packages, where crmkit and pytest already
-    are, so only the plugin is installed (pip builds it in an isolated
-    environment, with setuptools from the package index or pip's cache).
+    The new venv sees the site-packages of the environment running this test
+    (through a ``.pth`` file), where crmkit and pytest already are, so only
+    the plugin is installed (pip builds it in an isolated environment, with
+    setuptools from the package index or pip's cache).
     """
     plugin = Path(create_plugin("acme-kpi", tmp_path / "crmkit-acme-kpi")["directory"])
     venv = tmp_path / "venv"
@@ -249,8 +251,15 @@ def test_the_plugin_installs_into_a_venv_and_passes_its_tests(tmp_path: Path) ->
         assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
         return done
 
-    run(sys.executable, "-m", "venv", "--system-site-packages", venv)
+    run(sys.executable, "-m", "venv", venv)
     python = venv / "bin" / "python"
+    # "import" lines of a .pth file run at start-up: addsitedir also reads the
+    # .pth files there (crmkit's editable install is one)
+    venv_site = run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+    ours = [p for p in site.getsitepackages() if Path(p).is_dir()]
+    (Path(venv_site.stdout.strip()) / "_crmkit_test_parent.pth").write_text(
+        "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in ours) + "\n", "utf-8"
+    )
     run(python, "-m", "pip", "install", "--quiet", str(plugin))
     shown = run(python, "-m", "pip", "show", "--files", "crmkit-acme-kpi").stdout
     assert "Version: 0.1.0" in shown
