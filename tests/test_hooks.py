@@ -253,3 +253,159 @@ def test_crmkit_client_saved(crm, register_plugin):
         assert s.clients.count() == 1  # the failing plugin rolled the save back
         actions = [e["action"] for e in s.events("client", c.id)]
         assert actions == ["created", "audited", "updated", "audited"]
+
+
+# -- lifecycle hooks -------------------------------------------------------------------------
+def test_crmkit_interaction_kinds(crm_factory):
+    class Plugin:
+        @hookimpl
+        def crmkit_interaction_kinds(self):
+            return [
+                crmkit.InteractionKind(
+                    name="demo",
+                    title="Product demo",
+                    topics={"online": "Online demo"},
+                    outcomes={"impressed": "Impressed"},
+                ),
+                {"name": "call", "outcomes": ["voicemail"]},  # extends the built-in kind
+            ]
+
+    crm = crm_factory(plugins=[Plugin()])
+    assert crm.interaction_kind("demo").title == "Product demo"
+    assert {"voicemail", "no_answer"} <= set(crm.interaction_kind("call").outcomes)
+    with crm.session() as s:
+        client = s.clients.create("X")
+        logged = s.interactions.log(client.id, "demo", topic="online", outcome="impressed")
+        assert logged.interaction.kind == "demo"
+
+
+def test_crmkit_pipelines(crm_factory):
+    class Plugin:
+        @hookimpl
+        def crmkit_pipelines(self):
+            return [
+                {
+                    "name": "service",
+                    "stages": [{"name": "request"}, {"name": "visit"}],
+                    "rules": [{"outcome": "resolved", "move_to": "visit"}],
+                },
+                crmkit.Pipeline.from_dict(
+                    {"name": "b2b", "title": "Ours", "stages": [{"name": "a"}]}
+                ),
+            ]
+
+    crm = crm_factory(plugins=[Plugin()])
+    assert crm.pipeline("service").stage_names == ["request", "visit"]
+    assert crm.pipeline("b2b").title == "Ours"  # replaces the built-in template
+    with crm.session() as s:
+        client = s.clients.create("X")
+        deal = s.deals.open(client.id, pipeline="service")
+        s.interactions.log(
+            client.id,
+            "call",
+            topic="service",
+            outcome="resolved",
+            direction="inbound",
+            deal_id=deal.id,
+        )
+        assert s.deals.get(deal.id).stage == "visit"
+
+
+def test_crmkit_check_stage_entry(crm, register_plugin):
+    calls = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_check_stage_entry(self, session, pipeline, stage, deal, client):
+            calls.append((pipeline.name, stage.name, deal.id if deal else None))
+            if stage.name == "presentation" and not client.phone:
+                return [Problem("client.phone", "call the client before a presentation")]
+            return None
+
+    register_plugin(Plugin())
+    with crm.session() as s:
+        client = s.clients.create("X")
+        deal = s.deals.open(client.id, pipeline="b2b")
+        with pytest.raises(ValidationError, match="call the client before a presentation"):
+            s.deals.move(deal.id, "presentation")
+        s.clients.update(client.id, phone="+7 900 000 00 00")
+        s.deals.move(deal.id, "presentation")
+        s.deals.lose(deal.id, "price")  # losing has no gate
+    assert ("lifecycle", "lead", None) in calls
+    assert calls.count(("b2b", "presentation", deal.id)) == 2
+    assert ("b2b", "lost", deal.id) not in calls
+
+
+def test_crmkit_interaction_logged(crm, register_plugin):
+    class Plugin:
+        @hookimpl
+        def crmkit_interaction_logged(self, session, interaction):
+            if interaction.outcome == "not_interested" and interaction.deal_id:
+                return [
+                    crmkit.MoveTo("lost", reason="no_need"),
+                    crmkit.FollowUp("Ask again in spring", due_in_hours=24 * 90),
+                ]
+            return []
+
+    register_plugin(Plugin())
+    with crm.session() as s:
+        client = s.clients.create("X")
+        deal = s.deals.open(client.id, pipeline="b2b")
+        logged = s.interactions.log(
+            client.id,
+            "call",
+            topic="first_contact",
+            outcome="not_interested",
+            direction="outbound",
+            deal_id=deal.id,
+        )
+        assert [(c.to_stage, c.cause) for c in logged.changes] == [("lost", "interaction")]
+        assert s.deals.get(deal.id).lost_reason == "no_need"
+        assert logged.tasks[0].title == "Ask again in spring"
+
+
+def test_crmkit_stage_changed(crm, register_plugin):
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_stage_changed(self, session, change):
+            seen.append((change.entity, change.from_stage, change.to_stage, change.cause))
+            if change.to_stage == "proposal":
+                raise RuntimeError("veto")
+
+    register_plugin(Plugin())
+    with crm.session() as s:
+        client = s.clients.create("X", segment=None)
+        deal = s.deals.open(client.id, pipeline="webshop")
+        s.deals.move(deal.id, "cart")
+    assert seen == [
+        ("client", None, "lead", "created"),
+        ("deal", None, "ad", "opened"),
+        ("deal", "ad", "cart", "manual"),
+    ]
+
+
+def test_crmkit_invoice_status_changed(crm, register_plugin):
+    seen = []
+
+    class ThankYou:
+        @hookimpl
+        def crmkit_invoice_status_changed(self, session, invoice, old_status):
+            if (old_status, invoice.status) == ("issued", "paid"):
+                deal = session.deals.get(invoice.deal_id)
+                session.tasks.add(
+                    f"Thank the client for {invoice.number}", due="+1d", deal_id=deal.id
+                )
+            seen.append((old_status, invoice.status.value))
+
+    register_plugin(ThankYou())
+    with crm.session() as s:
+        client = s.clients.create("X")
+        deal = s.deals.open(client.id, pipeline="webshop", amount=10)
+        invoice = s.invoices.issue(deal.id, 10)
+        s.invoices.pay(invoice.id)
+        assert [t.title for t in s.tasks.list(deal_id=deal.id)] == [
+            f"Thank the client for {invoice.number}"
+        ]
+    assert seen == [(None, "issued"), ("issued", "paid")]
