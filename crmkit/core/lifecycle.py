@@ -302,10 +302,7 @@ class Deals(_Repo):
 
     def get(self, deal_id: int) -> Deal:
         """The deal with this id; raises :class:`NotFound`."""
-        row = self.conn.execute(self._select().where(self.t.c.id == deal_id)).first()
-        if row is None:
-            raise NotFound(f"no deal with id {deal_id}", field="deal")
-        return _deal(row)
+        return _deal(self._one(self._select().where(self.t.c.id == deal_id), deal_id, "deal"))
 
     def list(
         self,
@@ -373,9 +370,6 @@ class Deals(_Repo):
         """The deal's stage at ``when``, from its history alone."""
         return self.s.history.stage_at("deal", deal_id, self._when(when))
 
-    def _when(self, value: Any) -> dt.datetime:
-        return utcnow() if value is None else parse_when(value, self.s.crm.tz, field="at")
-
     def _select(self) -> Any:
         users = self.s.table("users")
         return select(self.t, users.c.login.label("owner")).select_from(
@@ -424,7 +418,7 @@ class Interactions(_Repo):
                 lambda: choose(outcome, spec.outcomes, field="outcome", what=f"{kind} outcome"),
             )
             check("direction", lambda: _direction(direction, required=spec.direction_required))
-        check("occurred_at", lambda: utcnow() if at is None else parse_when(at, crm.tz, field="at"))
+        check("occurred_at", lambda: self._when(at))
         check("duration_min", lambda: _duration(duration))
         check("note", lambda: (note or "").strip() or None)
         if deal_id is not None:
@@ -655,7 +649,7 @@ class Invoices(_Repo):
         deal = self.s.deals.get(deal_id)
         if deal.status == DealStatus.LOST:
             raise Conflict(f"deal #{deal.id} is lost; no invoice can be issued", field="deal")
-        when = utcnow() if at is None else parse_when(at, self.s.crm.tz, field="at")
+        when = self._when(at)
         values = {
             "deal_id": deal.id,
             "amount": parse_money(amount),
@@ -691,7 +685,7 @@ class Invoices(_Repo):
                 f"can become {status.value}",
                 field="status",
             )
-        when = utcnow() if at is None else parse_when(at, self.s.crm.tz, field="at")
+        when = self._when(at)
         if when < invoice.issued_at:
             raise ValidationError(
                 f"is before the invoice was issued ({invoice.issued_at})", field="at"
@@ -719,10 +713,9 @@ class Invoices(_Repo):
 
     def get(self, invoice_id: int) -> Invoice:
         """The invoice with this id; raises :class:`NotFound`."""
-        row = self.conn.execute(select(self.t).where(self.t.c.id == invoice_id)).first()
-        if row is None:
-            raise NotFound(f"no invoice with id {invoice_id}", field="invoice")
-        return _invoice(row)
+        return _invoice(
+            self._one(select(self.t).where(self.t.c.id == invoice_id), invoice_id, "invoice")
+        )
 
     def list(
         self, *, status: str | None = None, deal_id: int | None = None, limit: int | None = 50
@@ -837,10 +830,7 @@ class Tasks(_Repo):
 
     def get(self, task_id: int) -> Task:
         """The task with this id; raises :class:`NotFound`."""
-        row = self.conn.execute(self._select().where(self.t.c.id == task_id)).first()
-        if row is None:
-            raise NotFound(f"no task with id {task_id}", field="task")
-        return _task(row)
+        return _task(self._one(self._select().where(self.t.c.id == task_id), task_id, "task"))
 
     def list(
         self,
@@ -872,9 +862,6 @@ class Tasks(_Repo):
             q = q.where(cond if overdue else ~cond)
         q = q.order_by(self.t.c.due_at, self.t.c.id).limit(limit).offset(offset)
         return [_task(r) for r in self.conn.execute(q)]
-
-    def _when(self, value: Any) -> dt.datetime:
-        return utcnow() if value is None else parse_when(value, self.s.crm.tz, field="at")
 
     def _select(self) -> Any:
         users = self.s.table("users")

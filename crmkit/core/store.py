@@ -105,6 +105,19 @@ class _Repo:
     def conn(self) -> Connection:
         return self.s.connection
 
+    def _one(self, query: Any, ident: object, what: str) -> Row[Any]:
+        """The single row of ``query``; raises :class:`NotFound` naming ``what``."""
+        row = self.conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"no {what} with id {ident}", field=what)
+        return row
+
+    def _when(self, value: Any, *, field: str = "at") -> Any:
+        """A timestamp given by a caller (None: now), in the deployment's time zone."""
+        from .validation import parse_when
+
+        return utcnow() if value is None else parse_when(value, self.s.crm.tz, field=field)
+
     def _insert(self, values: dict[str, Any]) -> int:
         return int(
             self.conn.execute(insert(self.t).values(values).returning(self.t.c.id)).scalar_one()
@@ -344,13 +357,12 @@ class Clients(_Repo):
     ) -> StageChange:
         """Move a client forward in the lifecycle (``lost`` needs a reason)."""
         from .lifecycle import move_entity
-        from .validation import parse_when
 
         flow = self.s.crm.lifecycle
         if flow is None:
             raise ValidationError("this deployment has no client lifecycle pipeline", field="stage")
         client = self.get(client_id)
-        when = utcnow() if at is None else parse_when(at, self.s.crm.tz, field="at")
+        when = self._when(at)
         entered = None
         if client.stage is not None:
             entered = self.s.history.of("client", client.id)[-1].at
@@ -412,10 +424,9 @@ class Clients(_Repo):
 
     def get(self, client_id: int) -> Client:
         """The client with this id; raises :class:`NotFound`."""
-        row = self.conn.execute(self._select().where(self.t.c.id == client_id)).first()
-        if row is None:
-            raise NotFound(f"no client with id {client_id}", field="client")
-        return _client(row)
+        return _client(
+            self._one(self._select().where(self.t.c.id == client_id), client_id, "client")
+        )
 
     def find(self, *, email: str | None = None, external_id: str | None = None) -> Client | None:
         """The client with this email (case-insensitive) or external id, or None."""
@@ -639,9 +650,7 @@ class Contacts(_Repo):
 
     def get(self, contact_id: int) -> Contact:
         """The contact with this id; raises :class:`NotFound`."""
-        row = self.conn.execute(select(self.t).where(self.t.c.id == contact_id)).first()
-        if row is None:
-            raise NotFound(f"no contact with id {contact_id}", field="contact")
+        row = self._one(select(self.t).where(self.t.c.id == contact_id), contact_id, "contact")
         return Contact(**row._mapping)
 
     def list(self, client_id: int) -> list[Contact]:
