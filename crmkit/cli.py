@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crmkit import __version__
-from crmkit.core.errors import CrmError
+from crmkit.core.errors import CrmError, ValidationError
 from crmkit.core.plugins import _truthy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,6 +117,7 @@ def emit(
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # cells as Text: data such as "[vip] Acme" is not rich markup
 
     console = Console(soft_wrap=False)
     if isinstance(plain, list):
@@ -125,7 +126,7 @@ def emit(
         for col in cols:
             table.add_column(col, overflow="fold")
         for item in plain:
-            table.add_row(*(_cell(item.get(c)) for c in cols))
+            table.add_row(*(Text(_cell(item.get(c))) for c in cols))
         console.print(table)
         if not plain:
             console.print("(none)")
@@ -135,7 +136,7 @@ def emit(
     table.add_column("value", overflow="fold")
     for key, value in plain.items():
         if columns is None or key in columns:
-            table.add_row(key, _cell(value))
+            table.add_row(key, Text(_cell(value)))
     console.print(table)
 
 
@@ -162,6 +163,70 @@ def parse_pairs(pairs: Iterable[str], *, option: str) -> dict[str, str]:
             raise CrmError(f"expected KEY=VALUE, got {pair!r}", field=option)
         out[key.strip()] = value
     return out
+
+
+# -- lifecycle output: times, changes, views ----------------------------------------------
+WHEN_HELP = (
+    "ISO 8601 (2026-11-22T15:30, 2026-11-22, with or without an offset; "
+    "naive times are in the deployment's time zone), or now, today, -2h, -3d (default: now)."
+)
+
+
+def _is_time_key(key: str) -> bool:
+    return key in ("at", "since") or key.endswith("_at")
+
+
+def _short_time(value: Any, tz: Any) -> Any:
+    """An ISO datetime as ``YYYY-MM-DD HH:MM`` in the deployment's time zone (tables only)."""
+    import datetime as dt
+
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(tz)
+        return value.strftime("%Y-%m-%d %H:%M")
+    return value
+
+
+def _local(row: dict[str, Any], tz: Any) -> dict[str, Any]:
+    """``row`` with its datetimes (keys ``at``, ``since``, ``*_at``) shortened for a table."""
+    return {k: _short_time(v, tz) if v and _is_time_key(k) else v for k, v in row.items()}
+
+
+def show(
+    data: Any,
+    fmt: str,
+    tz: Any,
+    *,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+) -> None:
+    """Like :func:`emit`, with datetimes shortened to local time in tables (JSON keeps ISO)."""
+    plain = _plain(data)
+    if fmt == "table":
+        plain = [_local(r, tz) for r in plain] if isinstance(plain, list) else _local(plain, tz)
+    emit(plain, fmt, columns=columns, title=title)
+
+
+def _yes(flag: Any) -> str:
+    return "yes" if flag else "no"
+
+
+def _change_line(change: Any) -> str:
+    """``deal #3: qualification -> presentation`` (a stored stage change, for people)."""
+    line = f"{change.entity} #{change.entity_id}: {change.from_stage or '(new)'} -> "
+    line += change.to_stage
+    return line + (f" ({change.note})" if change.note else "")
+
+
+def _utcnow() -> Any:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
 
 
 # -- the root group ------------------------------------------------------------------
@@ -203,14 +268,51 @@ def cli(ctx: click.Context, directory: str | None, as_user: str | None) -> None:
 )
 @click.option("--admin", default="admin", show_default=True, help="Login of the first admin user.")
 @click.option("--admin-name", default="Administrator", show_default=True, help="Their full name.")
+@click.option(
+    "--sample",
+    is_flag=True,
+    help="Fill the new deployment with a realistic, seeded sample data set "
+    "(teams, clients, a year of interactions, deals, tasks).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    metavar="N",
+    help="Random seed of the sample data (with --sample; the same seed gives the same data).",
+)
+@click.option(
+    "--sample-clients",
+    type=click.IntRange(1, 100_000),
+    metavar="N",
+    help="How many sample clients to make (with --sample; default: the sample's own).",
+)
 @format_option
 @pass_state
 def init(
-    state: State, directory: Path, database_url: str | None, admin: str, admin_name: str, fmt: str
+    state: State,
+    directory: Path,
+    database_url: str | None,
+    admin: str,
+    admin_name: str,
+    sample: bool,
+    seed: int | None,
+    sample_clients: int | None,
+    fmt: str,
 ) -> None:
-    """Create a deployment in DIRECTORY: crmkit.toml, the database, the admin user."""
+    """Create a deployment in DIRECTORY: crmkit.toml, the database, the admin user.
+
+    With --sample, also fill it with sample data to explore.
+    """
     from crmkit.core.app import CRM
 
+    populate = None
+    if not sample and (seed is not None or sample_clients is not None):
+        raise CrmError("--seed and --sample-clients apply only with --sample", field="sample")
+    if sample:  # before anything is written: a missing module must not leave a half deployment
+        try:
+            from crmkit.sample import populate
+        except ImportError as exc:
+            raise CrmError(f"sample data is not available: {exc}", field="sample") from None
     crm = CRM.create(
         directory,
         database_url=database_url,
@@ -218,19 +320,35 @@ def init(
         admin_name=admin_name,
         plugins=state.plugins,
     )
-    info = {
-        "directory": str(crm.config.root),
-        "database": _safe_url(crm.config.database_url),
-        "admin": admin,
-        "schema": crm.schema_status(),
-    }
-    crm.close()
+    try:
+        info: dict[str, Any] = {
+            "directory": str(crm.config.root),
+            "database": _safe_url(crm.config.database_url),
+            "admin": admin,
+            "schema": crm.schema_status(),
+        }
+        if populate is not None:
+            kwargs: dict[str, Any] = {}
+            if seed is not None:
+                kwargs["seed"] = seed
+            if sample_clients is not None:
+                kwargs["clients"] = sample_clients
+            info["sample"] = populate(crm, **kwargs)
+    finally:
+        crm.close()
     if fmt == "json":
         emit(info, fmt)
         return
     click.echo(f"Created a crmkit deployment in {info['directory']}")
     click.echo(f"  database: {info['database']}")
     click.echo(f"  admin user: {admin}")
+    if "sample" in info:
+        counts = ", ".join(
+            f"{what.replace('_', ' ')} {count}" for what, count in info["sample"].items()
+        )
+        click.echo(f"  sample data: {counts}")
+        click.echo(f"Next: cd {directory} && crmkit deal list --stalled && crmkit overdue")
+        return
     click.echo(f"Next: cd {directory} && crmkit client add 'Acme Ltd' --email buy@acme.example")
 
 
@@ -367,7 +485,7 @@ def team_list(state: State, fmt: str) -> None:
 
 
 # -- clients and contacts ---------------------------------------------------------------
-CLIENT_COLUMNS = ["id", "name", "kind", "email", "phone", "segment", "owner", "source"]
+CLIENT_COLUMNS = ["id", "name", "kind", "email", "phone", "segment", "stage", "owner", "source"]
 
 
 def client_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -538,6 +656,29 @@ def client_show(state: State, client_id: int, fmt: str) -> None:
         emit(contacts, fmt, columns=["id", "name", "position", "email", "phone"], title="Contacts")
 
 
+@client.command("stage")
+@click.argument("client_id", type=int)
+@click.argument("stage")
+@click.option(
+    "--reason",
+    metavar="REASON",
+    help="Why the client is lost (needed for the stage 'lost'; see 'crmkit pipeline show').",
+)
+@click.option("--at", metavar="WHEN", help="When it happened; " + WHEN_HELP)
+@format_option
+@pass_state
+def client_stage(
+    state: State, client_id: int, stage: str, reason: str | None, at: str | None, fmt: str
+) -> None:
+    """Move client CLIENT_ID forward in its lifecycle to STAGE (lead, qualified, customer ...)."""
+    with state.session() as s:
+        change = s.clients.move(client_id, stage, at=at, reason=reason)
+    if fmt == "json":
+        emit(change, fmt)
+        return
+    click.echo(_change_line(change))
+
+
 @cli.group()
 def contact() -> None:
     """Contact persons of clients."""
@@ -636,6 +777,912 @@ def channel() -> None:
 def channel_list(state: State, fmt: str) -> None:
     """List the known marketing channels."""
     emit(list(state.crm().channels.values()), fmt, columns=["name", "title"])
+
+
+# -- interactions ------------------------------------------------------------------------------
+INTERACTION_COLUMNS = [
+    "id",
+    "occurred_at",
+    "kind",
+    "direction",
+    "topic",
+    "outcome",
+    "client_id",
+    "deal_id",
+    "user",
+    "note",
+]
+
+
+@cli.command("log")
+@click.argument("kind")
+@click.argument("client_id", type=int)
+@click.option(
+    "--topic", required=True, help="The formal topic of KIND (see 'crmkit kind show KIND')."
+)
+@click.option(
+    "--outcome", required=True, help="The formal outcome of KIND (see 'crmkit kind show KIND')."
+)
+@click.option(
+    "--direction",
+    type=click.Choice(["inbound", "outbound"]),
+    help="Who started it: the client (inbound) or we (outbound). Required for calls.",
+)
+@click.option("--at", metavar="WHEN", help="When it happened: " + WHEN_HELP)
+@click.option("--duration", metavar="MIN", help="How long it took, in minutes (0 to 1440).")
+@click.option(
+    "--deal",
+    "deal_id",
+    type=int,
+    metavar="ID",
+    help="The client's deal it was about; the pipeline's outcome rules then move it.",
+)
+@click.option(
+    "--respondent",
+    "respondents",
+    type=int,
+    multiple=True,
+    metavar="CONTACT_ID",
+    help="A contact person of the client who took part; repeat for several.",
+)
+@click.option("--note", metavar="TEXT", help="Free text (topic and outcome stay formal).")
+@format_option
+@pass_state
+def log_command(
+    state: State,
+    kind: str,
+    client_id: int,
+    topic: str,
+    outcome: str,
+    direction: str | None,
+    at: str | None,
+    duration: str | None,
+    deal_id: int | None,
+    respondents: tuple[int, ...],
+    note: str | None,
+    fmt: str,
+) -> None:
+    """Log an interaction of KIND (call, meeting, email ...) with client CLIENT_ID.
+
+    The outcome rules of the deal's pipeline and of the client lifecycle, and
+    plugins, may move the deal or the client on and create follow-up tasks, in
+    the same transaction. A move that a stage gate refuses is shown as a
+    warning; the interaction is recorded all the same.
+    """
+    crm = state.crm()
+    with state.session() as s:
+        logged = s.interactions.log(
+            client_id,
+            kind,
+            topic=topic,
+            outcome=outcome,
+            direction=direction,
+            at=at,
+            duration=duration,
+            deal_id=deal_id,
+            respondents=respondents,
+            note=note,
+        )
+        client_name = s.clients.get(client_id).name
+    if fmt == "json":
+        emit(logged, fmt)
+    else:
+        i = logged.interaction
+        with_deal = f", deal #{i.deal_id}" if i.deal_id else ""
+        click.echo(
+            f"Logged interaction #{i.id} {i.kind} with client #{i.client_id} {client_name}"
+            f"{with_deal}: {i.topic} -> {i.outcome}"
+        )
+        show(i, fmt, crm.tz)
+        for change in logged.changes:
+            click.echo(_change_line(change))
+        for task in logged.tasks:
+            due = _short_time(task.due_at, crm.tz)
+            click.echo(f"Created task #{task.id} {task.title} (due {due}, for {task.assignee})")
+    for refused in logged.refused:
+        click.echo(f"Warning: {refused}", err=True)
+
+
+@cli.group()
+def interaction() -> None:
+    """Interactions: calls, meetings, emails ... logged with 'crmkit log'."""
+
+
+@interaction.command("list")
+@click.option("--client", "client_id", type=int, metavar="ID", help="Only with this client.")
+@click.option("--deal", "deal_id", type=int, metavar="ID", help="Only about this deal.")
+@click.option("--user", metavar="LOGIN", help="Only those logged by this user.")
+@click.option("--kind", metavar="KIND", help="Only this kind (see 'crmkit kind list').")
+@click.option("--since", metavar="WHEN", help="Only from this moment on (a date: its start).")
+@click.option("--until", metavar="WHEN", help="Only up to this moment (a date: its end).")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many interactions.",
+)
+@format_option
+@pass_state
+def interaction_list(state: State, kind: str | None, fmt: str, **filters: Any) -> None:
+    """List interactions, newest first."""
+    crm = state.crm()
+    if kind is not None:
+        crm.interaction_kind(kind)
+    with state.session(readonly=True) as s:
+        found = s.interactions.list(kind=kind, **filters)
+    show(found, fmt, crm.tz, columns=INTERACTION_COLUMNS)
+
+
+# -- interaction kinds -------------------------------------------------------------------------
+@cli.group()
+def kind() -> None:
+    """Kinds of interaction and their formal topics and outcomes."""
+
+
+@kind.command("list")
+@format_option
+@pass_state
+def kind_list(state: State, fmt: str) -> None:
+    """List interaction kinds with the names of their topics and outcomes."""
+    kinds = list(state.crm().interaction_kinds.values())
+    if fmt == "json":
+        emit(kinds, fmt)
+        return
+    rows = [
+        {
+            "name": k.name,
+            "title": k.title,
+            "direction": "required" if k.direction_required else "optional",
+            "topics": ", ".join(k.topics),
+            "outcomes": ", ".join(k.outcomes),
+        }
+        for k in kinds
+    ]
+    emit(rows, fmt)
+
+
+@kind.command("show")
+@click.argument("name")
+@format_option
+@pass_state
+def kind_show(state: State, name: str, fmt: str) -> None:
+    """Show the topics and outcomes of interaction kind NAME, and what each outcome moves."""
+    crm = state.crm()
+    spec = crm.interaction_kind(name)
+    if fmt == "json":
+        emit(spec, fmt)
+        return
+    need = "required" if spec.direction_required else "optional"
+    click.echo(f"{spec.title} ({spec.name}): direction {need}")
+    emit([{"topic": k, "title": v} for k, v in spec.topics.items()], fmt, title="Topics")
+    rows = []
+    for key, title in spec.outcomes.items():
+        effects = [
+            f"{flow.name}: {_rule_effect(rule)}"
+            for flow in crm.pipelines.values()
+            for rule in flow.rules
+            if rule.outcome == key and rule.kind in (None, spec.name)
+        ]
+        rows.append({"outcome": key, "title": title, "rules": "; ".join(effects)})
+    emit(rows, fmt, title="Outcomes")
+
+
+# -- pipelines ---------------------------------------------------------------------------------
+def _any_pipeline(crm: CRM, name: str) -> Any:
+    """A deal pipeline or the client lifecycle; the error lists the known ones."""
+    flow = crm.pipelines.get(name)
+    if flow is None:
+        allowed = ", ".join(crm.pipelines) or "none"
+        raise ValidationError(f"unknown pipeline {name!r} (allowed: {allowed})", field="pipeline")
+    return flow
+
+
+def _rule_effect(rule: Any) -> str:
+    text = f"-> {rule.move_to}" if rule.move_to else "no move"
+    if rule.task:
+        text += f" (+ task: {rule.task['title']})"
+    return text
+
+
+def _rule_text(rule: Any) -> str:
+    """``outcome [kind/topic] -> stage (+ task: title)``."""
+    where = ""
+    if rule.kind or rule.topic:
+        where = f" [{rule.kind or '*'}{'/' + rule.topic if rule.topic else ''}]"
+    return f"{rule.outcome}{where} {_rule_effect(rule)}"
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:g}%"
+
+
+@cli.group()
+def pipeline() -> None:
+    """Pipelines: the written stages that deals (and the client lifecycle) move down."""
+
+
+@pipeline.command("list")
+@format_option
+@pass_state
+def pipeline_list(state: State, fmt: str) -> None:
+    """List pipelines: deal funnels and the client lifecycle."""
+    rows = [
+        {
+            "name": flow.name,
+            "title": flow.title,
+            "entity": flow.entity,
+            "stages": len(flow.stages),
+            "allow_skip": flow.allow_skip,
+            "plugin": flow.plugin,
+            "description": flow.description,
+        }
+        for flow in state.crm().pipelines.values()
+    ]
+    emit(rows, fmt, columns=["name", "title", "entity", "stages", "allow_skip"])
+
+
+@pipeline.command("show")
+@click.argument("name")
+@format_option
+@pass_state
+def pipeline_show(state: State, name: str, fmt: str) -> None:
+    """Show pipeline NAME: stages (probability, SLA days, entry gate), lost reasons, rules."""
+    flow = _any_pipeline(state.crm(), name)
+    if fmt == "json":
+        emit(flow.to_dict(), fmt)
+        return
+    moves = "may skip stages" if flow.allow_skip else "moves forward one stage at a time"
+    click.echo(f"{flow.title} ({flow.name}): a {flow.entity} pipeline that {moves}")
+    if flow.description:
+        click.echo(flow.description)
+    rows = [
+        {
+            "order": stage.order,
+            "stage": stage.name,
+            "title": stage.title,
+            "probability": _percent(stage.probability),
+            "days": stage.days or "",
+            "gate": json.dumps(stage.gate, separators=(",", ":")) if stage.gate else "",
+            "marks": ", ".join(stage.marks),
+        }
+        for stage in flow.stages
+    ]
+    emit(rows, fmt, title="Stages")
+    terminal = "won after the last stage, or lost" if flow.entity == "deal" else "lost"
+    click.echo(f"Then: {terminal} from any open stage, with a reason.")
+    click.echo(f"Lost reasons: {', '.join(flow.lost_reasons) or 'any text'}")
+    if flow.rules:
+        emit([{"rule": _rule_text(rule)} for rule in flow.rules], fmt, title="Outcome rules")
+    else:
+        click.echo("Outcome rules: none")
+
+
+# -- deals -------------------------------------------------------------------------------------
+DEAL_COLUMNS = [
+    "id",
+    "client",
+    "title",
+    "pipeline",
+    "stage",
+    "status",
+    "amount",
+    "currency",
+    "owner",
+    "since",
+    "stalled",
+]
+HISTORY_COLUMNS = ["at", "from", "to", "cause", "user", "interaction", "note"]
+
+
+def _deal_rows(s: Any, deals: Sequence[Any], now: Any) -> list[dict[str, Any]]:
+    """Deals as JSON, with whether each is stalled."""
+    return [{**_plain(deal), "stalled": s.deals.is_stalled(deal, now)} for deal in deals]
+
+
+def _deal_table(row: dict[str, Any], *, listing: bool = False) -> dict[str, Any]:
+    """A deal row for a table: ``stalled`` as yes/no; a listing adds ``since`` (in stage since)."""
+    out = {**row, "stalled": _yes(row["stalled"])}
+    if listing:
+        out["since"] = row.get("stage_entered_at")
+    return out
+
+
+def _history_rows(history: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "at": c.at,
+            "from": c.from_stage,
+            "to": c.to_stage,
+            "cause": c.cause,
+            "user": c.user,
+            "interaction": c.interaction_id,
+            "note": c.note,
+        }
+        for c in history
+    ]
+
+
+def _report_move(state: State, deal_id: int, fmt: str, do: Callable[[Any], Any]) -> None:
+    """Run one move of a deal and print it (and a lifecycle move it caused)."""
+    with state.session() as s:
+        client_id = s.deals.get(deal_id).client_id
+        before = s.clients.get(client_id).stage
+        change = do(s)
+        after = s.clients.get(client_id).stage
+        row = _deal_rows(s, [s.deals.get(deal_id)], _utcnow())[0]
+    if fmt == "json":
+        emit({"change": change, "deal": row}, fmt)
+        return
+    click.echo(_change_line(change))
+    if before != after:
+        click.echo(f"client #{client_id}: {before} -> {after}")
+
+
+@cli.group()
+def deal() -> None:
+    """Deals: sales opportunities moving down a pipeline."""
+
+
+@deal.command("open")
+@click.argument("client_id", type=int)
+@click.option(
+    "--pipeline",
+    "pipeline_name",
+    required=True,
+    metavar="NAME",
+    help="The pipeline (see 'crmkit pipeline list'); the deal starts at its first stage.",
+)
+@click.option("--amount", required=True, metavar="AMOUNT", help="Expected amount, e.g. 150000.")
+@click.option("--title", help="What is being sold (default: the client's name).")
+@click.option("--currency", metavar="CODE", help="3-letter code (default: the deployment's).")
+@click.option("--owner", metavar="LOGIN", help="The responsible manager (default: you).")
+@click.option("--close-by", metavar="DATE", help="Expected close date, YYYY-MM-DD.")
+@click.option("--at", metavar="WHEN", help="When the deal was opened: " + WHEN_HELP)
+@format_option
+@pass_state
+def deal_open(
+    state: State,
+    client_id: int,
+    pipeline_name: str,
+    amount: str,
+    title: str | None,
+    currency: str | None,
+    owner: str | None,
+    close_by: str | None,
+    at: str | None,
+    fmt: str,
+) -> None:
+    """Open a deal with client CLIENT_ID at the first stage of a pipeline."""
+    crm = state.crm()
+    with state.session() as s:
+        new = s.deals.open(
+            client_id,
+            pipeline=pipeline_name,
+            amount=amount,
+            title=title,
+            currency=currency,
+            owner=owner,
+            expected_close=close_by,
+            at=at,
+        )
+        row = _deal_rows(s, [new], _utcnow())[0]
+    if fmt == "json":
+        emit(row, fmt)
+        return
+    click.echo(f"Created deal #{new.id} {new.title} ({new.pipeline}: {new.stage})")
+    show(_deal_table(row), fmt, crm.tz)
+
+
+@deal.command("update")
+@click.argument("deal_id", type=int)
+@click.option("--title", help="What is being sold.")
+@click.option("--amount", metavar="AMOUNT", help="Expected amount.")
+@click.option("--currency", metavar="CODE", help="3-letter currency code.")
+@click.option("--owner", metavar="LOGIN", help="The responsible manager.")
+@click.option("--close-by", "expected_close", metavar="DATE", help="Expected close date.")
+@format_option
+@pass_state
+def deal_update(state: State, deal_id: int, fmt: str, **opts: Any) -> None:
+    """Change the title, amount, currency, owner or close date of deal DEAL_ID."""
+    crm = state.crm()
+    changes = {k: v for k, v in opts.items() if v is not None}
+    if not changes:
+        raise CrmError("nothing to change: give at least one option", field="options")
+    with state.session() as s:
+        updated = s.deals.update(deal_id, **changes)
+        row = _deal_rows(s, [updated], _utcnow())[0]
+    if fmt == "json":
+        emit(row, fmt)
+        return
+    click.echo(f"Updated deal #{updated.id} {updated.title}")
+    show(_deal_table(row), fmt, crm.tz)
+
+
+@deal.command("move")
+@click.argument("deal_id", type=int)
+@click.argument("stage")
+@click.option("--at", metavar="WHEN", help="When it moved: " + WHEN_HELP)
+@click.option("--note", metavar="TEXT", help="Why, in a few words (stored with the change).")
+@format_option
+@pass_state
+def deal_move(
+    state: State, deal_id: int, stage: str, at: str | None, note: str | None, fmt: str
+) -> None:
+    """Move deal DEAL_ID forward to STAGE (the entry gate must be satisfied)."""
+    _report_move(state, deal_id, fmt, lambda s: s.deals.move(deal_id, stage, at=at, note=note))
+
+
+@deal.command("win")
+@click.argument("deal_id", type=int)
+@click.option("--at", metavar="WHEN", help="When it was won: " + WHEN_HELP)
+@click.option("--note", metavar="TEXT", help="A few words stored with the change.")
+@format_option
+@pass_state
+def deal_win(state: State, deal_id: int, at: str | None, note: str | None, fmt: str) -> None:
+    """Close deal DEAL_ID as won (from the pipeline's last stage)."""
+    _report_move(state, deal_id, fmt, lambda s: s.deals.win(deal_id, at=at, note=note))
+
+
+@deal.command("lose")
+@click.argument("deal_id", type=int)
+@click.option(
+    "--reason",
+    required=True,
+    metavar="REASON",
+    help="One of the pipeline's lost reasons (see 'crmkit pipeline show NAME').",
+)
+@click.option("--at", metavar="WHEN", help="When it was lost: " + WHEN_HELP)
+@click.option("--note", metavar="TEXT", help="Details in free text.")
+@format_option
+@pass_state
+def deal_lose(
+    state: State, deal_id: int, reason: str, at: str | None, note: str | None, fmt: str
+) -> None:
+    """Close deal DEAL_ID as lost, from any open stage, with a reason."""
+    _report_move(state, deal_id, fmt, lambda s: s.deals.lose(deal_id, reason, at=at, note=note))
+
+
+def _check_stage_filter(crm: CRM, pipeline_name: str | None, stage: str) -> None:
+    """An unknown stage in a filter is an error that lists the known ones."""
+    if pipeline_name is not None:
+        crm.pipeline(pipeline_name).stage(stage)
+        return
+    known: list[str] = []
+    for flow in crm.pipelines.values():
+        if flow.entity == "deal":
+            known += [n for n in flow.stage_names if n not in known]
+    if stage not in (*known, "won", "lost"):
+        allowed = ", ".join([*known, "won", "lost"])
+        raise ValidationError(f"{stage!r} is not a stage (allowed: {allowed})", field="stage")
+
+
+@deal.command("list")
+@click.option("--pipeline", "pipeline_name", metavar="NAME", help="Only this pipeline.")
+@click.option("--stage", metavar="STAGE", help="Only deals at this stage.")
+@click.option(
+    "--status", type=click.Choice(["open", "won", "lost"]), help="Only deals with this status."
+)
+@click.option("--owner", metavar="LOGIN", help="Only this manager's deals.")
+@click.option("--client", "client_id", type=int, metavar="ID", help="Only this client's deals.")
+@click.option(
+    "--stalled", is_flag=True, help="Only open deals longer in their stage than its SLA days."
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many deals.",
+)
+@format_option
+@pass_state
+def deal_list(
+    state: State,
+    pipeline_name: str | None,
+    stage: str | None,
+    status: str | None,
+    owner: str | None,
+    client_id: int | None,
+    stalled: bool,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List deals, newest first, with whether each is stalled."""
+    crm = state.crm()
+    if stage is not None:
+        _check_stage_filter(crm, pipeline_name, stage)
+    now = _utcnow()
+    with state.session(readonly=True) as s:
+        deals = s.deals.list(
+            pipeline=pipeline_name,
+            stage=stage,
+            status=status,
+            owner=owner,
+            client_id=client_id,
+            stalled=True if stalled else None,
+            now=now,
+            limit=limit,
+        )
+        rows = _deal_rows(s, deals, now)
+    if fmt == "json":
+        emit(rows, fmt)
+        return
+    rows = [_deal_table(r, listing=True) for r in rows]
+    show(rows, fmt, crm.tz, columns=DEAL_COLUMNS)
+
+
+@deal.command("show")
+@click.argument("deal_id", type=int)
+@format_option
+@pass_state
+def deal_show(state: State, deal_id: int, fmt: str) -> None:
+    """Show deal DEAL_ID, whether it is stalled, and its complete stage history."""
+    crm = state.crm()
+    with state.session(readonly=True) as s:
+        row = _deal_rows(s, [s.deals.get(deal_id)], _utcnow())[0]
+        history = s.deals.history(deal_id)
+    if fmt == "json":
+        emit({**row, "history": history}, fmt)
+        return
+    flow = crm.pipelines.get(row["pipeline"])
+    if flow is not None and row["status"] == "open":
+        stage = flow.stage(row["stage"])
+        row["probability"] = _percent(stage.probability)
+        row["sla_days"] = stage.days
+    show(_deal_table(row), fmt, crm.tz, title=f"Deal #{deal_id}")
+    show(_history_rows(history), fmt, crm.tz, columns=HISTORY_COLUMNS, title="Stage history")
+
+
+# -- tasks -------------------------------------------------------------------------------------
+TASK_COLUMNS = [
+    "id",
+    "title",
+    "assignee",
+    "due",
+    "done",
+    "steps",
+    "overdue",
+    "client_id",
+    "deal_id",
+]
+
+
+def _task_row(task: Any, now: Any) -> dict[str, Any]:
+    """A task as JSON, with ``overdue``: open past its deadline, or done after it."""
+    return {**_plain(task), "overdue": task.overdue(now)}
+
+
+def _task_table(task: Any, now: Any, tz: Any) -> dict[str, Any]:
+    row = _local(_task_row(task, now), tz)
+    done = sum(1 for step in task.steps if step.done_at is not None)
+    late = ""
+    if task.done_at is None and task.due_at < now:
+        late = "yes"
+    elif task.done_late:
+        late = "late"
+    return {
+        **row,
+        "due": row["due_at"],
+        "done": row["done_at"],
+        "steps": f"{done}/{len(task.steps)}" if task.steps else "",
+        "overdue": late,
+    }
+
+
+def _late_by(delta: Any) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m"
+
+
+def _print_task(task: Any, fmt: str, tz: Any) -> None:
+    now = _utcnow()
+    if fmt == "json":
+        emit(_task_row(task, now), fmt)
+        return
+    row = _task_table(task, now, tz)
+    row.pop("steps")
+    for key in ("due", "done"):
+        row.pop(key)
+    row["overdue"] = {"yes": "yes (open past the deadline)", "late": "done late"}.get(
+        row["overdue"], "no"
+    )
+    emit(row, fmt, title=f"Task #{task.id}")
+    if task.steps:
+        steps = [
+            {
+                "n": n,
+                "done": "[x]" if step.done_at else "[ ]",
+                "step": step.text,
+                "done_at": _short_time(step.done_at, tz) if step.done_at else "",
+            }
+            for n, step in enumerate(task.steps, 1)
+        ]
+        emit(steps, fmt, title="Steps")
+
+
+def _list_tasks(state: State, fmt: str, title: str | None = None, **filters: Any) -> None:
+    crm = state.crm()
+    now = _utcnow()
+    with state.session(readonly=True) as s:
+        tasks = s.tasks.list(now=now, **filters)
+    if fmt == "json":
+        emit([_task_row(t, now) for t in tasks], fmt)
+        return
+    rows = [_task_table(t, now, crm.tz) for t in tasks]
+    columns = TASK_COLUMNS
+    if title is not None:  # the manager's view of open overdue tasks: how late each is
+        for row, task in zip(rows, tasks, strict=True):
+            row["late_by"] = _late_by(now - task.due_at)
+        columns = [c for c in TASK_COLUMNS if c not in ("done", "overdue")] + ["late_by"]
+    emit(rows, fmt, columns=columns, title=title)
+
+
+@cli.group()
+def task() -> None:
+    """Tasks: ordered steps, an assignee and a deadline."""
+
+
+@task.command("add")
+@click.argument("title")
+@click.option(
+    "--due",
+    required=True,
+    metavar="WHEN",
+    help="The deadline: 2026-11-22T18:00, a date (its end of day), today, tomorrow, +3d, +2h.",
+)
+@click.option("--assignee", metavar="LOGIN", help="Who does it (default: you).")
+@click.option("--client", "client_id", type=int, metavar="ID", help="The client it is about.")
+@click.option(
+    "--deal", "deal_id", type=int, metavar="ID", help="The deal it is about (sets the client)."
+)
+@click.option(
+    "--step", "steps", multiple=True, metavar="TEXT", help="A step, in order; repeat for several."
+)
+@format_option
+@pass_state
+def task_add(
+    state: State,
+    title: str,
+    due: str,
+    assignee: str | None,
+    client_id: int | None,
+    deal_id: int | None,
+    steps: tuple[str, ...],
+    fmt: str,
+) -> None:
+    """Add a task called TITLE with a deadline."""
+    crm = state.crm()
+    with state.session() as s:
+        new = s.tasks.add(
+            title, due=due, assignee=assignee, client_id=client_id, deal_id=deal_id, steps=steps
+        )
+    if fmt == "table":
+        click.echo(f"Created task #{new.id} {new.title}")
+    _print_task(new, fmt, crm.tz)
+
+
+@task.command("step")
+@click.argument("task_id", type=int)
+@click.argument("number", type=int)
+@click.option("--undo", is_flag=True, help="Mark the step not done again.")
+@click.option("--at", metavar="WHEN", help="When it was done: " + WHEN_HELP)
+@format_option
+@pass_state
+def task_step(
+    state: State, task_id: int, number: int, undo: bool, at: str | None, fmt: str
+) -> None:
+    """Mark step NUMBER (from 1) of task TASK_ID done (or, with --undo, not done)."""
+    crm = state.crm()
+    with state.session() as s:
+        updated = s.tasks.step(task_id, number, done=not undo, at=at)
+    if fmt == "table":
+        mark = "not done" if undo else "done"
+        click.echo(f"Task #{updated.id} step {number} {mark}: {updated.steps[number - 1].text}")
+    _print_task(updated, fmt, crm.tz)
+
+
+@task.command("done")
+@click.argument("task_id", type=int)
+@click.option("--at", metavar="WHEN", help="When it was done: " + WHEN_HELP)
+@click.option("--force", is_flag=True, help="Close it even if some steps are not done.")
+@format_option
+@pass_state
+def task_done(state: State, task_id: int, at: str | None, force: bool, fmt: str) -> None:
+    """Close task TASK_ID; done after its deadline, it is recorded as late."""
+    crm = state.crm()
+    with state.session() as s:
+        updated = s.tasks.done(task_id, at=at, force=force)
+    if fmt == "table":
+        late = ", after its deadline (recorded as late)" if updated.done_late else ""
+        click.echo(f"Done task #{updated.id} {updated.title}{late}")
+    _print_task(updated, fmt, crm.tz)
+
+
+@task.command("list")
+@click.option(
+    "--overdue",
+    is_flag=True,
+    help="Only tasks past their deadline: open ones, and those done late.",
+)
+@click.option("--open", "only_open", is_flag=True, help="Only tasks not done yet.")
+@click.option("--assignee", metavar="LOGIN", help="Only this user's tasks.")
+@click.option("--client", "client_id", type=int, metavar="ID", help="Only this client's tasks.")
+@click.option("--deal", "deal_id", type=int, metavar="ID", help="Only this deal's tasks.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many tasks.",
+)
+@format_option
+@pass_state
+def task_list(state: State, overdue: bool, only_open: bool, fmt: str, **filters: Any) -> None:
+    """List tasks by deadline."""
+    _list_tasks(
+        state,
+        fmt,
+        overdue=True if overdue else None,
+        done=False if only_open else None,
+        **filters,
+    )
+
+
+@task.command("show")
+@click.argument("task_id", type=int)
+@format_option
+@pass_state
+def task_show(state: State, task_id: int, fmt: str) -> None:
+    """Show task TASK_ID with its steps."""
+    crm = state.crm()
+    with state.session(readonly=True) as s:
+        found = s.tasks.get(task_id)
+    _print_task(found, fmt, crm.tz)
+
+
+@cli.command("overdue")
+@click.option("--assignee", metavar="LOGIN", help="Only this user's tasks.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many tasks.",
+)
+@format_option
+@pass_state
+def overdue_command(state: State, assignee: str | None, limit: int, fmt: str) -> None:
+    """List open tasks past their deadline, most overdue first (the manager's view)."""
+    _list_tasks(
+        state,
+        fmt,
+        title="Overdue tasks",
+        overdue=True,
+        done=False,
+        assignee=assignee,
+        limit=limit,
+    )
+
+
+# -- invoices ----------------------------------------------------------------------------------
+INVOICE_COLUMNS = [
+    "id",
+    "number",
+    "deal_id",
+    "amount",
+    "currency",
+    "status",
+    "issued_at",
+    "paid_at",
+    "cancelled_at",
+]
+
+
+@cli.group()
+def invoice() -> None:
+    """Invoices of deals: issued, then paid or cancelled."""
+
+
+@invoice.command("issue")
+@click.argument("deal_id", type=int)
+@click.option("--amount", required=True, metavar="AMOUNT", help="The amount, e.g. 150000.00.")
+@click.option("--number", metavar="NUMBER", help="The invoice number (default: YEAR-NNNNN).")
+@click.option("--currency", metavar="CODE", help="3-letter code (default: the deal's).")
+@click.option("--at", metavar="WHEN", help="When it was issued: " + WHEN_HELP)
+@format_option
+@pass_state
+def invoice_issue(
+    state: State,
+    deal_id: int,
+    amount: str,
+    number: str | None,
+    currency: str | None,
+    at: str | None,
+    fmt: str,
+) -> None:
+    """Issue an invoice for deal DEAL_ID."""
+    crm = state.crm()
+    with state.session() as s:
+        new = s.invoices.issue(deal_id, amount, number=number, currency=currency, at=at)
+    if fmt == "table":
+        click.echo(
+            f"Issued invoice #{new.id} {new.number} for deal #{new.deal_id}: "
+            f"{_plain(new.amount)} {new.currency}"
+        )
+    show(new, fmt, crm.tz)
+
+
+@invoice.command("pay")
+@click.argument("invoice_id", type=int)
+@click.option("--at", metavar="WHEN", help="When it was paid: " + WHEN_HELP)
+@format_option
+@pass_state
+def invoice_pay(state: State, invoice_id: int, at: str | None, fmt: str) -> None:
+    """Mark the issued invoice INVOICE_ID paid."""
+    crm = state.crm()
+    with state.session() as s:
+        paid = s.invoices.pay(invoice_id, at=at)
+    if fmt == "table":
+        click.echo(f"Invoice #{paid.id} {paid.number} paid")
+    show(paid, fmt, crm.tz)
+
+
+@invoice.command("cancel")
+@click.argument("invoice_id", type=int)
+@click.option("--at", metavar="WHEN", help="When it was cancelled: " + WHEN_HELP)
+@format_option
+@pass_state
+def invoice_cancel(state: State, invoice_id: int, at: str | None, fmt: str) -> None:
+    """Cancel the issued invoice INVOICE_ID."""
+    crm = state.crm()
+    with state.session() as s:
+        cancelled = s.invoices.cancel(invoice_id, at=at)
+    if fmt == "table":
+        click.echo(f"Invoice #{cancelled.id} {cancelled.number} cancelled")
+    show(cancelled, fmt, crm.tz)
+
+
+@invoice.command("list")
+@click.option(
+    "--status",
+    type=click.Choice(["issued", "paid", "cancelled"]),
+    help="Only invoices with this status.",
+)
+@click.option("--deal", "deal_id", type=int, metavar="ID", help="Only this deal's invoices.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many invoices.",
+)
+@format_option
+@pass_state
+def invoice_list(
+    state: State, status: str | None, deal_id: int | None, limit: int, fmt: str
+) -> None:
+    """List invoices, newest first."""
+    crm = state.crm()
+    with state.session(readonly=True) as s:
+        found = s.invoices.list(status=status, deal_id=deal_id, limit=limit)
+    show(found, fmt, crm.tz, columns=INVOICE_COLUMNS)
+
+
+@invoice.command("show")
+@click.argument("invoice_id", type=int)
+@format_option
+@pass_state
+def invoice_show(state: State, invoice_id: int, fmt: str) -> None:
+    """Show invoice INVOICE_ID."""
+    crm = state.crm()
+    with state.session(readonly=True) as s:
+        found = s.invoices.get(invoice_id)
+    show(found, fmt, crm.tz, title=f"Invoice #{invoice_id}")
 
 
 # -- plugin scaffolding ------------------------------------------------------------------------

@@ -486,3 +486,17 @@ def test_pipeline_declared_in_config(crm_factory):
 def test_invalid_pipeline_definitions_are_named(definition, message):
     with pytest.raises(ValidationError, match=message):
         crmkit.Pipeline.from_dict({"name": "bad", **definition})
+
+
+def test_a_lost_client_who_buys_again_is_a_customer_again(session, acme):
+    first = session.deals.open(acme.id, pipeline="webshop", amount=10)
+    session.deals.win(first.id)
+    session.clients.move(acme.id, "lost", reason="competitor")
+    with pytest.raises(ValidationError, match="already lost"):
+        session.clients.move(acme.id, "customer")  # not by hand
+    again = session.deals.open(acme.id, pipeline="webshop", amount=10)
+    session.deals.win(again.id)
+    assert session.clients.get(acme.id).stage == "repeat_customer"
+    assert [c.name for c in session.clients.list(stage="repeat_customer")] == ["Acme"]
+    with pytest.raises(ValidationError, match="not a stage of pipeline 'lifecycle'"):
+        session.clients.list(stage="won")  # clients are not won: they become customers

@@ -80,12 +80,15 @@ def move_entity(
     interaction_id: int | None = None,
     reason: str | None = None,
     note: str | None = None,
+    reactivate: bool = False,
 ) -> StageChange:
     """Check and store one move; raises :class:`ValidationError` listing every unmet rule."""
     what = f"{entity} #{entity_id}"
     problems: list[Problem] = []
     if current is not None:
-        problems += pipeline.move_problems(current, target, lost_reason=reason)
+        problems += pipeline.move_problems(
+            current, target, lost_reason=reason, reactivate=reactivate
+        )
     else:
         pipeline.stage(target)  # a first stage must at least exist
     if entered_at is not None and at < entered_at:
@@ -372,8 +375,13 @@ class Deals(_Repo):
 
     def _select(self) -> Any:
         users = self.s.table("users")
-        return select(self.t, users.c.login.label("owner")).select_from(
-            self.t.outerjoin(users, users.c.id == self.t.c.owner_id)
+        clients = self.s.table("clients")
+        return select(
+            self.t, users.c.login.label("owner"), clients.c.name.label("client")
+        ).select_from(
+            self.t.outerjoin(users, users.c.id == self.t.c.owner_id).join(
+                clients, clients.c.id == self.t.c.client_id
+            )
         )
 
 

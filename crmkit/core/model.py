@@ -234,6 +234,7 @@ class Deal:
     status: DealStatus = DealStatus.OPEN
     owner_id: int | None = None
     owner: str | None = None  #: the owner's login, filled in on reads
+    client: str | None = None  #: the client's name, filled in on reads
     expected_close: dt.date | None = None
     lost_reason: str | None = None
     opened_at: dt.datetime | None = None

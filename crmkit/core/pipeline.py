@@ -211,18 +211,27 @@ class Pipeline:
         return [s.name for s in self.stages]
 
     def stage(self, name: str, *, field: str = "stage") -> Stage:
-        """The stage called ``name`` (``won``/``lost`` included); the error lists the allowed."""
+        """The stage called ``name`` (``won``/``lost`` included); the error lists the allowed.
+
+        A client lifecycle has ``lost`` but no ``won``: clients are not won, they
+        become customers.
+        """
         for stage in self.stages:
             if stage.name == name:
                 return stage
-        if name == WON:
+        if name == WON and self.entity == "deal":
             return Stage(WON, "Won", len(self.stages) + 1, probability=1.0)
         if name == LOST:
             return Stage(LOST, "Lost", len(self.stages) + 2, probability=0.0)
-        allowed = ", ".join([*self.stage_names, *TERMINAL])
+        allowed = ", ".join([*self.stage_names, *self.terminal_names])
         raise ValidationError(
             f"{name!r} is not a stage of pipeline {self.name!r} (allowed: {allowed})", field=field
         )
+
+    @property
+    def terminal_names(self) -> tuple[str, ...]:
+        """``won`` and ``lost`` for deals; only ``lost`` for a client lifecycle."""
+        return TERMINAL if self.entity == "deal" else (LOST,)
 
     def with_mark(self, mark: str) -> list[Stage]:
         return [s for s in self.stages if mark in s.marks]
@@ -232,9 +241,21 @@ class Pipeline:
 
     # -- the rules of moving -----------------------------------------------------------
     def move_problems(
-        self, current: str, target: str, *, lost_reason: str | None = None
+        self,
+        current: str,
+        target: str,
+        *,
+        lost_reason: str | None = None,
+        reactivate: bool = False,
     ) -> list[Problem]:
-        """Why a move from ``current`` to ``target`` is not allowed (empty: it is)."""
+        """Why a move from ``current`` to ``target`` is not allowed (empty: it is).
+
+        ``reactivate`` lets a lost client come back (a won deal makes a lost
+        client a customer again); nothing else ever leaves a terminal state.
+        """
+        if reactivate and current == LOST and self.entity == "client" and target != LOST:
+            self.stage(target)
+            return []
         if current in TERMINAL:
             return [Problem("stage", f"the {self.entity} is already {current}; it cannot move")]
         here = self.stage(current)

@@ -354,8 +354,12 @@ class Clients(_Repo):
         cause: str = "manual",
         interaction_id: int | None = None,
         reason: str | None = None,
+        reactivate: bool = False,
     ) -> StageChange:
-        """Move a client forward in the lifecycle (``lost`` needs a reason)."""
+        """Move a client forward in the lifecycle (``lost`` needs a reason).
+
+        ``reactivate`` brings a lost client back (used when a lost client buys again).
+        """
         from .lifecycle import move_entity
 
         flow = self.s.crm.lifecycle
@@ -380,6 +384,7 @@ class Clients(_Repo):
             cause=cause,
             interaction_id=interaction_id,
             reason=reason,
+            reactivate=reactivate,
         )
         self.conn.execute(update(self.t).where(self.t.c.id == client.id).values(stage=stage))
         self.s.crm.plugins.stage_changed(session=self.s, change=change)
@@ -450,14 +455,17 @@ class Clients(_Repo):
         segment: str | None = None,
         source: str | None = None,
         search: str | None = None,
+        stage: str | None = None,
         limit: int | None = 50,
         offset: int = 0,
     ) -> list[Client]:
-        """Clients, newest first, filtered by owner login, segment, source or a name search."""
+        """Clients, newest first, by owner login, segment, source, lifecycle stage or name."""
         return [
             _client(r)
             for r in self.conn.execute(
-                self._filtered(owner=owner, segment=segment, source=source, search=search)
+                self._filtered(
+                    owner=owner, segment=segment, source=source, search=search, stage=stage
+                )
                 .order_by(self.t.c.id.desc())
                 .limit(limit)
                 .offset(offset)
@@ -499,8 +507,13 @@ class Clients(_Repo):
         segment: str | None = None,
         source: str | None = None,
         search: str | None = None,
+        stage: str | None = None,
     ) -> Any:
         q = self._select()
+        if stage is not None:
+            if self.s.crm.lifecycle is not None:
+                self.s.crm.lifecycle.stage(stage)  # an unknown stage lists the allowed
+            q = q.where(self.t.c.stage == stage)
         if owner is not None:
             q = q.where(self.t.c.owner_id == self.s.users.get(owner, field="owner").id)
         if segment is not None:

@@ -6,7 +6,8 @@
 * ``webshop``: ad, visit, product view, cart, payment, delivery.
 * ``lifecycle``: the client's lifecycle (lead, qualified, customer, repeat
   customer; ``lost``), moved by the same outcome rules and, when a deal is
-  won, to customer (or repeat customer).
+  won, to customer (or repeat customer). A won deal is the one way back from
+  ``lost``: a lost client who buys again is a customer again.
 """
 
 from __future__ import annotations
@@ -162,6 +163,16 @@ def crmkit_stage_changed(session: Any, change: Any) -> None:
         return
     client_id = session.deals.get(change.entity_id).client_id
     current = session.clients.get(client_id).stage
-    target = "repeat_customer" if current in ("customer", "repeat_customer") else "customer"
+    bought_before = current in ("customer", "repeat_customer") or (
+        current == "lost"
+        and any(
+            h.to_stage in ("customer", "repeat_customer")
+            for h in session.history.of("client", client_id)
+        )
+    )
+    target = "repeat_customer" if bought_before else "customer"
     if current != target and target in lifecycle.stage_names:
-        session.clients.move(client_id, target, cause="automation", at=change.at)
+        # a lost client who buys again is a customer again (the one way back from lost)
+        session.clients.move(
+            client_id, target, cause="automation", at=change.at, reactivate=current == "lost"
+        )
