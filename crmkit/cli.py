@@ -622,6 +622,7 @@ def client_update(state: State, client_id: int, fmt: str, **opts: Any) -> None:
 @click.option("--segment", help="Only this segment.")
 @click.option("--source", metavar="CHANNEL", help="Only clients from this channel.")
 @click.option("--search", metavar="TEXT", help="Only names containing TEXT.")
+@click.option("--stage", help="Only clients at this lifecycle stage (lead, customer ...).")
 @click.option(
     "--limit",
     type=click.IntRange(1, 100_000),

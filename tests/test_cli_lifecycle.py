@@ -834,3 +834,13 @@ def test_init_sample_fills_the_deployment(tmp_path: Any, crmkit_database_url: st
         timeout=120,
     )
     assert overdue.returncode == 0, overdue.stderr
+
+
+def test_client_list_by_lifecycle_stage(invoke):
+    invoke("client", "add", "Lead Ltd")
+    invoke("client", "add", "Keen Ltd")
+    invoke("client", "stage", "2", "qualified")
+    listed = invoke("client", "list", "--stage", "qualified", json=True).json
+    assert [c["name"] for c in listed] == ["Keen Ltd"]
+    bad = invoke("client", "list", "--stage", "won")
+    assert bad.exit_code == 2 and "not a stage of pipeline 'lifecycle'" in bad.stderr
