@@ -278,7 +278,12 @@ def test_a_move_refused_by_the_gate_is_reported_and_the_call_kept(session):
     )
     assert [c.entity for c in logged.changes] == ["client"]  # the lifecycle still moves
     assert len(logged.refused) == 1 and "client.segment" in logged.refused[0]
-    assert len(logged.tasks) == 1  # the follow-up is still created
+    # instead of "prepare the proposal", the manager is asked to complete the card first
+    [task] = logged.tasks
+    assert task.title == (
+        "Complete what 'proposal' needs, then: Prepare and send the commercial proposal"
+    )
+    assert [step.text for step in task.steps] == ["client.segment: is required (it is empty)"]
     assert session.interactions.get(logged.interaction.id).outcome == "proposal_requested"
     assert session.deals.get(deal.id).stage == "presentation"
 

@@ -472,72 +472,87 @@ class Interactions(_Repo):
         return self._apply_effects(interaction)
 
     def _apply_effects(self, interaction: Interaction) -> Logged:
+        """Apply the outcome rules and the plugins' answers, in this transaction.
+
+        A rule's task goes with its move: when the move is made, the task is
+        created; when a gate refuses it, a task to complete what the stage
+        needs (one step per unmet requirement) is created instead, so the
+        manager gets the proposal template only once the card is complete.
+        """
         crm = self.s.crm
-        effects: list[Any] = []
+        effects: list[tuple[str, Any, FollowUp | None]] = []
         deal = self.s.deals.get(interaction.deal_id) if interaction.deal_id else None
-        if deal is not None:
-            for rule in crm.pipelines[deal.pipeline].matching_rules(
-                interaction.kind, interaction.topic, interaction.outcome
-            ):
-                if rule.move_to:
-                    effects.append(("rule", MoveTo(rule.move_to, deal_id=deal.id)))
-                if rule.task:
-                    effects.append(("rule", _follow_up(rule.task)))
+        flows = [(crm.pipelines[deal.pipeline], False)] if deal is not None else []
         if crm.lifecycle is not None:
-            for rule in crm.lifecycle.matching_rules(
+            flows.append((crm.lifecycle, True))
+        for flow, client in flows:
+            for rule in flow.matching_rules(
                 interaction.kind, interaction.topic, interaction.outcome
             ):
+                task = _follow_up(rule.task) if rule.task else None
                 if rule.move_to:
-                    effects.append(("rule", MoveTo(rule.move_to, client=True)))
-                if rule.task:
-                    effects.append(("rule", _follow_up(rule.task)))
+                    move = MoveTo(
+                        rule.move_to, deal_id=None if client else interaction.deal_id, client=client
+                    )
+                    effects.append(("rule", move, task))
+                elif task is not None:
+                    effects.append(("rule", task, None))
         effects += [
-            ("plugin", e)
+            ("plugin", e, None)
             for e in crm.plugins.interaction_logged(session=self.s, interaction=interaction)
         ]
-        changes: list[StageChange] = []
-        tasks: list[Task] = []
-        refused: list[str] = []
-        for source, effect in effects:
+        logged = Logged(interaction=interaction)
+        for source, effect, paired in effects:
             if isinstance(effect, MoveTo):
-                change = self._move(interaction, effect, source, refused)
+                change, problems = self._move(interaction, effect, source, logged.refused)
                 if change is not None:
-                    changes.append(change)
-            elif isinstance(effect, FollowUp):
-                tasks.append(
-                    self.s.tasks.add(
-                        effect.title,
-                        due=interaction.occurred_at + dt.timedelta(hours=effect.due_in_hours),
-                        assignee=effect.assignee if effect.assignee is not None else self.s.user.id,
-                        client_id=interaction.client_id,
-                        deal_id=interaction.deal_id,
-                        steps=effect.steps,
+                    logged.changes.append(change)
+                    if paired is not None:
+                        logged.tasks.append(self._task(interaction, paired))
+                elif problems and paired is not None:
+                    todo = FollowUp(
+                        title=f"Complete what {effect.stage!r} needs, then: {paired.title}",
+                        due_in_hours=paired.due_in_hours,
+                        steps=tuple(problems),
                     )
-                )
+                    logged.tasks.append(self._task(interaction, todo))
+            elif isinstance(effect, FollowUp):
+                logged.tasks.append(self._task(interaction, effect))
             else:
                 raise TypeError(
                     f"crmkit_interaction_logged returned {effect!r}: expected MoveTo or FollowUp"
                 )
-        return Logged(interaction=interaction, changes=changes, tasks=tasks, refused=refused)
+        return logged
+
+    def _task(self, interaction: Interaction, follow_up: FollowUp) -> Task:
+        return self.s.tasks.add(
+            follow_up.title,
+            due=interaction.occurred_at + dt.timedelta(hours=follow_up.due_in_hours),
+            assignee=follow_up.assignee if follow_up.assignee is not None else self.s.user.id,
+            client_id=interaction.client_id,
+            deal_id=interaction.deal_id,
+            steps=follow_up.steps,
+            at=interaction.occurred_at,
+        )
 
     def _move(
         self, interaction: Interaction, effect: MoveTo, source: str, refused: list[str]
-    ) -> StageChange | None:
+    ) -> tuple[StageChange | None, list[str]]:
+        """Make one proposed move: the change, or the problems that refused it."""
         s = self.s
         if effect.client:
             flow = s.crm.lifecycle
-            client = s.clients.get(interaction.client_id)
             if flow is None:
-                return None
-            current = client.stage
-            label = f"client #{client.id}"
+                return None, []
+            current = s.clients.get(interaction.client_id).stage
+            label = f"client #{interaction.client_id}"
         else:
             deal_id = effect.deal_id or interaction.deal_id
             if deal_id is None:
                 refused.append(
                     f"no deal to move to {effect.stage!r}: log the interaction with a deal"
                 )
-                return None
+                return None, []
             deal = s.deals.get(deal_id)
             flow = s.crm.pipelines[deal.pipeline]
             current = deal.stage
@@ -548,7 +563,7 @@ class Interactions(_Repo):
             and current is not None
             and (current in TERMINAL or flow.stage(effect.stage).order <= flow.stage(current).order)
         ):
-            return None
+            return None, []
         try:
             with s.connection.begin_nested():
                 if effect.client:
@@ -559,7 +574,7 @@ class Interactions(_Repo):
                         cause="interaction",
                         interaction_id=interaction.id,
                         reason=effect.reason,
-                    )
+                    ), []
                 assert deal_id is not None
                 return s.deals.move(
                     deal_id,
@@ -568,10 +583,10 @@ class Interactions(_Repo):
                     cause="interaction",
                     interaction_id=interaction.id,
                     reason=effect.reason,
-                )
+                ), []
         except ValidationError as exc:
             refused.append(f"{label} stays: {exc}")
-            return None
+            return None, [str(p) for p in exc.problems]
 
     def get(self, interaction_id: int) -> Interaction:
         """The interaction with this id; raises :class:`NotFound`."""
@@ -673,7 +688,7 @@ class Invoices(_Repo):
         values["number"] = number if number is not None else self._next_number(when)
         invoice_id = self._insert(values)
         invoice = self.get(invoice_id)
-        self.s.record("invoice", invoice.id, "issued", _jsonable(values))
+        self.s.record("invoice", invoice.id, "issued", _jsonable(values), at=when)
         self.s.crm.plugins.invoice_status_changed(session=self.s, invoice=invoice, old_status=None)
         return invoice
 
@@ -763,12 +778,17 @@ class Tasks(_Repo):
         client_id: int | None = None,
         deal_id: int | None = None,
         steps: Sequence[str] = (),
+        at: Any = None,
     ) -> Task:
-        """Create a task (assigned to the acting user unless ``assignee`` is given)."""
+        """Create a task (assigned to the acting user unless ``assignee`` is given).
+
+        ``at`` is when it was set (default: now), for tasks recorded after the fact.
+        """
         problems: list[Problem] = []
-        values: dict[str, Any] = {"created_by": self.s.user.id, "created_at": utcnow()}
+        values: dict[str, Any] = {"created_by": self.s.user.id}
         for key, fn in (
             ("title", lambda: require_text(title, field="title")),
+            ("created_at", lambda: self._when(at)),
             ("due_at", lambda: parse_when(due, self.s.crm.tz, field="due", end_of_day=True)),
             (
                 "assignee_id",
@@ -795,7 +815,7 @@ class Tasks(_Repo):
         if values["deal_id"] is not None and values["client_id"] is None:
             values["client_id"] = self.s.deals.get(values["deal_id"]).client_id
         task_id = self._insert(values)
-        self.s.record("task", task_id, "created", _jsonable(values))
+        self.s.record("task", task_id, "created", _jsonable(values), at=values["created_at"])
         return self.get(task_id)
 
     def step(self, task_id: int, number: int, *, done: bool = True, at: Any = None) -> Task:
@@ -810,7 +830,9 @@ class Tasks(_Repo):
         steps = [to_json(s) for s in task.steps]
         steps[number - 1]["done_at"] = when.isoformat() if done else None
         self.conn.execute(update(self.t).where(self.t.c.id == task.id).values(steps=steps))
-        self.s.record("task", task.id, "step_done" if done else "step_undone", {"step": number})
+        self.s.record(
+            "task", task.id, "step_done" if done else "step_undone", {"step": number}, at=when
+        )
         return self.get(task.id)
 
     def done(self, task_id: int, *, at: Any = None, force: bool = False) -> Task:
@@ -833,7 +855,7 @@ class Tasks(_Repo):
         self.conn.execute(
             update(self.t).where(self.t.c.id == task.id).values(done_at=when, done_late=late)
         )
-        self.s.record("task", task.id, "done", {"at": when.isoformat(), "late": late})
+        self.s.record("task", task.id, "done", {"late": late}, at=when)
         return self.get(task.id)
 
     def get(self, task_id: int) -> Task:

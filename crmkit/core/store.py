@@ -10,6 +10,7 @@ frozen attrs objects of :mod:`crmkit.core.model`.
 from __future__ import annotations
 
 import builtins
+import datetime as dt
 import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -59,11 +60,19 @@ class Session:
         """A table by name, the core's or a plugin's."""
         return self.tables[name]
 
-    def record(self, entity: str, entity_id: int, action: str, data: dict[str, Any]) -> None:
-        """Store an event (who did what to which object, and the details)."""
+    def record(
+        self,
+        entity: str,
+        entity_id: int,
+        action: str,
+        data: dict[str, Any],
+        *,
+        at: dt.datetime | None = None,
+    ) -> None:
+        """Store an event: who did what to which object, when (default: now), the details."""
         self.connection.execute(
             insert(self.tables["events"]).values(
-                at=utcnow(),
+                at=at or utcnow(),
                 user_id=self.user.id,
                 entity=entity,
                 entity_id=entity_id,
@@ -337,7 +346,7 @@ class Clients(_Repo):
         except IntegrityError:  # a concurrent session inserted the same email or id
             self._check_duplicates(values, exclude_id=None)
             raise
-        self.s.record("client", client_id, "created", _jsonable(values))
+        self.s.record("client", client_id, "created", _jsonable(values), at=values["created_at"])
         lifecycle = self.s.crm.lifecycle
         if lifecycle is not None:
             self.move(client_id, lifecycle.first.name, at=values["created_at"], cause="created")
@@ -369,7 +378,12 @@ class Clients(_Repo):
         when = self._when(at)
         entered = None
         if client.stage is not None:
-            entered = self.s.history.of("client", client.id)[-1].at
+            changes = self.s.table("stage_changes")
+            entered = self.conn.execute(
+                select(func.max(changes.c.at)).where(
+                    changes.c.entity == "client", changes.c.entity_id == client.id
+                )
+            ).scalar()
         change = move_entity(
             self.s,
             pipeline=flow,

@@ -172,7 +172,10 @@ def crmkit_stage_changed(session: Any, change: Any) -> None:
     )
     target = "repeat_customer" if bought_before else "customer"
     if current != target and target in lifecycle.stage_names:
+        # never before the client's last lifecycle move (a win recorded after the fact)
+        entered = [h.at for h in session.history.of("client", client_id)]
+        at = max([change.at, *entered])
         # a lost client who buys again is a customer again (the one way back from lost)
         session.clients.move(
-            client_id, target, cause="automation", at=change.at, reactivate=current == "lost"
+            client_id, target, cause="automation", at=at, reactivate=current == "lost"
         )
