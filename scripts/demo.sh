@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up .venv with crmkit and both plugins, then bootstraps a deployment in
-# ./demo on SQLite (the embedded default) and shows it: a team, users, clients
-# of two segments with their parameters, a contact person.
+# ./demo on SQLite (the embedded default) filled with a seeded year of a sales
+# department (crmkit init --sample), and shows crmkit's main job on it: clients
+# with segment parameters, the B2B pipeline, a call that moves a deal, stalled
+# deals and overdue tasks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,25 +15,26 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 if [ -f demo/crmkit.toml ]; then rm -rf demo; fi   # a fresh demo each run
 set -x
-crmkit init demo
+crmkit init demo --sample
 cd demo
 crmkit plugins
-crmkit team add Sales
-crmkit team add "Key accounts" --parent Sales
-crmkit user add anna --role manager --team "Key accounts" --name "Anna Smirnova"
-crmkit user add boris --role head --team Sales --name "Boris Ivanov"
-crmkit segment list
-crmkit --as anna client add "Volga Distribution" --email buy@volga.example --phone "+7 846 200-10-10" \
-  --segment distributor --param turnover=250000000 --param sales_reps=35 \
-  --param own_clients=1200 --param warehouse_area=5400 --param 'regions=["Samara","Kazan"]' \
-  --source event --requisite tax_id=6312345678
-crmkit --as anna client add "Nord Steel" --email procurement@nordsteel.example \
-  --segment corporate --param employees=2400 --param offices=6 \
-  --param 'equipment=[{"type":"printer","count":140},{"type":"laptop","count":900}]' \
-  --source website
-crmkit contact add 1 "Irina Petrova" --position "Purchasing director" --email irina@volga.example
-crmkit client list
-crmkit client show 2
-crmkit client list --owner anna --format json
+crmkit user list
+crmkit pipeline show b2b
+
+# A new client of the distributor segment, its contact, and a deal that a call moves.
+crmkit --as a.petrenko client add "Volga Distribution" --email buy@volga.example \
+  --phone "+7 846 200-10-10" --segment distributor --param turnover=250000000 \
+  --param sales_reps=35 --param own_clients=1200 --param warehouse_area=5400 \
+  --param 'regions=["Samara","Kazan"]' --source event --requisite tax_id=6312345678
+client=$(crmkit client list --search "Volga Distribution" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
+crmkit contact add "$client" "Irina Petrova" --position "Purchasing director" --email irina@volga.example
+deal=$(crmkit --as a.petrenko deal open "$client" --pipeline b2b --amount 1200000 --title "Warehouse racks" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+crmkit --as a.petrenko log call "$client" --deal "$deal" --direction outbound --topic first_contact --outcome meeting_scheduled --note "Meeting on Tuesday"
+crmkit --as a.petrenko log meeting "$client" --deal "$deal" --topic presentation --outcome proposal_requested
+crmkit deal show "$deal"
+
+# What the head of sales looks at every morning.
+crmkit deal list --stalled --limit 10
+crmkit overdue --limit 10
 # A duplicate never makes a second card: this fails with a clear message.
 crmkit client add "Volga again" --email BUY@volga.example || true
