@@ -14,8 +14,10 @@ from typing import Any
 
 import crmkit
 
-# The example plugin of the plugin author guide lives next to these pages.
+# The example plugins of the plugin author guide live next to these pages;
+# _ext holds the directives that show crmkit's data definitions.
 sys.path.insert(0, str(Path(__file__).parent / "examples"))
+sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "crmkit"
 author = "crmkit developers"
@@ -26,11 +28,12 @@ version = release = crmkit.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx_click",
+    "crmkit_data",
 ]
 
 root_doc = "index"
 source_suffix = {".rst": "restructuredtext"}
-exclude_patterns = ["_build", "examples", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_ext", "examples", "Thumbs.db", ".DS_Store"]
 nitpicky = False
 
 autodoc_member_order = "bysource"

@@ -31,7 +31,8 @@ EXAMPLES = DOCS / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
-import crmkit_vip  # noqa: E402  (lives in docs/examples, added to sys.path above)
+import crmkit_sales_rules  # noqa: E402  (lives in docs/examples, added to sys.path above)
+import crmkit_vip  # noqa: E402
 
 
 # -- the hook reference ---------------------------------------------------------------
@@ -92,18 +93,60 @@ def test_every_public_name_is_documented() -> None:
 
 
 # -- the configuration page --------------------------------------------------------------
+#: Sections whose keys are names chosen by the deployment, and the heading they have.
+NAMED_SECTIONS = {
+    "segments": "[segments.NAME]",
+    "interactions": "[interactions.KIND]",
+    "pipelines": "[pipelines.NAME]",
+    "plugin": "[plugin.NAME]",
+}
+
+
 def test_config_page_describes_every_key() -> None:
     from crmkit.core.config import CONFIG_SCHEMA
 
     text = (DOCS / "config.rst").read_text("utf-8")
+    headings = _rst_headings(text)
     for section, schema in CONFIG_SCHEMA["properties"].items():
-        heading = "[segments.NAME]" if section == "segments" else f"[{section}]"
-        heading = "[plugin.NAME]" if section == "plugin" else heading
-        assert f"``{heading}``" in text, heading
+        heading = NAMED_SECTIONS.get(section, f"[{section}]")
+        assert f"``{heading}``" in headings, f"config.rst has no section headed {heading}"
         for key in schema.get("properties", {}):
             assert f"``{key}``" in text, f"{section}.{key}"
-    for key in CONFIG_SCHEMA["properties"]["segments"]["additionalProperties"]["properties"]:
-        assert f"``{key}``" in text, f"segments.NAME.{key}"
+        named = schema.get("additionalProperties")
+        if section in NAMED_SECTIONS:
+            assert isinstance(named, dict), f"{section} is no longer a table of named tables"
+            for key in named.get("properties", {}):
+                assert f"``{key}``" in text, f"{section}.NAME.{key}"
+
+
+def test_pipelines_page_describes_every_field() -> None:
+    from crmkit.core.pipeline import PIPELINE_SCHEMA
+
+    text = (DOCS / "pipelines.rst").read_text("utf-8")
+    props = PIPELINE_SCHEMA["properties"]
+    fields = {
+        "pipeline": props,
+        "stage": props["stages"]["items"]["properties"],
+        "rule": props["rules"]["items"]["properties"],
+        "task": props["rules"]["items"]["properties"]["task"]["properties"],
+    }
+    missing = [f"{where}.{key}" for where, keys in fields.items() for key in keys]
+    missing = [m for m in missing if f"``{m.split('.', 1)[1]}``" not in text]
+    assert missing == []
+    assert ".. crmkit-json:: crmkit.core.pipeline.PIPELINE_SCHEMA" in text
+
+
+def test_pipelines_page_shows_every_built_in_definition() -> None:
+    from crmkit.plugins import interactions, pipelines
+
+    text = (DOCS / "pipelines.rst").read_text("utf-8")
+    registered = pipelines.crmkit_pipelines()
+    names = [n for n, v in vars(pipelines).items() if any(v is r for r in registered)]
+    assert len(names) == len(registered)
+    for name in names:
+        assert f".. crmkit-pipeline:: crmkit.plugins.pipelines.{name}\n" in text, name
+    assert interactions.crmkit_interaction_kinds() is interactions.KINDS
+    assert ".. crmkit-kinds:: crmkit.plugins.interactions.KINDS\n" in text
 
 
 def test_config_page_describes_every_environment_variable() -> None:
@@ -233,6 +276,121 @@ def test_example_plugin_imports_no_heavy_module() -> None:
     assert out.stdout.strip() == ""
 
 
+# -- the lifecycle hooks' example (docs/examples/crmkit_sales_rules.py) --------------------
+@pytest.fixture
+def sales_crm(crm_factory: Any) -> Any:
+    return crm_factory("sales", plugins=[("sales_rules", crmkit_sales_rules)])
+
+
+def test_sales_rules_registers_kinds_and_a_pipeline(sales_crm: Any) -> None:
+    letter = sales_crm.interaction_kind("letter")
+    assert letter.topics["tender"] == "Tender documents"
+    assert "proposal" in letter.topics  # the built-in topics stay
+    assert sales_crm.interaction_kind("demo").topics == {"online": "Online", "on_site": "On site"}
+    tender = sales_crm.pipelines["tender"]
+    assert tender.stage_names == ["announced", "documents", "awarded"]
+    assert tender.plugin == "sales_rules"
+
+
+def test_sales_rules_gate_and_hook_are_refused_in_one_message(sales_crm: Any) -> None:
+    with sales_crm.session() as s:
+        client = s.clients.create("Vostok Trade")
+        deal = s.deals.open(client.id, pipeline="tender", amount=5000)
+        with pytest.raises(ValidationError) as info:
+            s.deals.move(deal.id, "documents")
+    shown = (DOCS / "hooks.rst").read_text("utf-8")
+    assert f"   Error: {info.value}\n" in shown
+    assert len(info.value.problems) == 2
+
+
+def test_sales_rules_rule_with_kind_and_topic(sales_crm: Any) -> None:
+    with sales_crm.session() as s:
+        client = s.clients.create("Vostok Trade")
+        s.contacts.add(client.id, "Ivan Petrov")
+        deal = s.deals.open(client.id, pipeline="tender", amount=5000, expected_close="2026-12-31")
+        other = s.interactions.log(client.id, "letter", topic="proposal", outcome="delivered")
+        assert other.changes == []
+        logged = s.interactions.log(
+            client.id, "letter", topic="tender", outcome="delivered", deal_id=deal.id
+        )
+        assert logged.refused == []
+        assert [(c.to_stage, c.cause) for c in logged.changes] == [("documents", "interaction")]
+
+
+def test_sales_rules_unanswered_call_and_lost_deal(sales_crm: Any) -> None:
+    with sales_crm.session() as s:
+        client = s.clients.create("Vostok Trade")
+        deal = s.deals.open(client.id, pipeline="b2b", amount=5000)
+        logged = s.interactions.log(
+            client.id, "call", topic="first_contact", outcome="no_answer", direction="outbound"
+        )
+        assert [t.title for t in logged.tasks] == ["Call again"]
+        hours = (logged.tasks[0].due_at - logged.interaction.occurred_at).total_seconds() / 3600
+        assert hours == 4
+        logged = s.interactions.log(
+            client.id, "demo", topic="online", outcome="not_interested", deal_id=deal.id
+        )
+        assert s.deals.get(deal.id).status == "lost"
+        assert s.deals.get(deal.id).lost_reason == "no_need"
+        [review] = s.tasks.list(deal_id=deal.id)
+        assert review.title == "Review the lost deal"
+        assert len(review.steps) == 3
+
+
+def test_sales_rules_paid_invoice_moves_the_deal_on(crm_factory: Any) -> None:
+    both = crm_factory("both", plugins=[crmkit_vip, ("sales_rules", crmkit_sales_rules)])
+    with both.session() as s:
+        client = s.clients.create("Vostok Trade", phone="+1 555 0100", segment="vip")
+        s.contacts.add(client.id, "Ivan Petrov")
+        deal = s.deals.open(client.id, pipeline="b2b", amount=5000)
+        s.deals.move(deal.id, "presentation")
+        s.deals.move(deal.id, "proposal")
+        s.deals.move(deal.id, "contract_invoice")
+        invoice = s.invoices.issue(deal.id, 5000)
+        assert s.deals.get(deal.id).stage == "contract_invoice"
+        s.invoices.pay(invoice.id)
+        assert s.deals.get(deal.id).stage == "payment_shipment"
+        assert s.deals.history(deal.id)[-1].cause == "automation"
+
+
+# -- the configuration example (docs/examples/lifecycle.toml) -----------------------------
+def test_lifecycle_toml_example_loads_and_works(crm: Any) -> None:
+    config = crm.config.root / "crmkit.toml"
+    example = (EXAMPLES / "lifecycle.toml").read_text("utf-8")
+    config.write_text(config.read_text("utf-8") + "\n" + example, "utf-8")
+    with CRM.open(crm.config.root, plugins=crm.plugins) as reopened:
+        renewal = reopened.pipelines["renewal"]
+        assert renewal.stage_names == ["reminder", "offer", "signed"]
+        assert renewal.allow_skip and renewal.stage("offer").gate
+        assert reopened.interaction_kind("call").topics["tender"] == "Tender"
+        assert reopened.interaction_kind("call").outcomes["tender_invited"] == "Invited to a tender"
+        assert reopened.interaction_kind("visit").direction_required is False
+        with reopened.session() as s:
+            client = s.clients.create("Acme")
+            deal = s.deals.open(client.id, pipeline="renewal", amount=5000)
+            logged = s.interactions.log(
+                client.id, "visit", topic="training", outcome="renewal_requested", deal_id=deal.id
+            )
+            assert logged.changes == []
+            [todo] = logged.tasks
+            assert todo.title == "Complete what 'offer' needs, then: Send the renewal offer"
+            assert len(todo.steps) == 2
+            [refused] = logged.refused
+            shown = (DOCS / "config.rst").read_text("utf-8")
+            assert f"   {refused}\n" in shown
+            assert " ".join(todo.title.split()[:4]) in " ".join(shown.split())
+            s.deals.update(deal.id, amount=12000)
+            logged = s.interactions.log(
+                client.id,
+                "meeting",
+                topic="negotiation",
+                outcome="contract_signed",
+                deal_id=deal.id,
+            )
+            # allow_skip: the rule jumps over "offer"
+            assert [c.to_stage for c in logged.changes] == ["signed"]
+
+
 # -- the quickstart --------------------------------------------------------------------
 def _console_sessions(text: str) -> list[tuple[str, str]]:
     """``(command, expected output)`` for every ``$`` line of the page's console blocks."""
@@ -248,14 +406,24 @@ def _console_sessions(text: str) -> list[tuple[str, str]]:
 
 def _normalized(output: str) -> str:
     output = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", "<time>", output)
+    # tables show times as "2026-11-22 21:47" in the deployment's zone, and may wrap them
+    output = re.sub(r"\b\d{4}-\d\d-\d\d\b", "<date>", output)
+    output = re.sub(r"\b\d\d:\d\d\b", "<hh:mm>", output)
     output = re.sub(r"/\S*?/mycrm\b", "<dir>/mycrm", output)
     return "\n".join(line.rstrip() for line in output.splitlines()).strip()
 
 
-@pytest.mark.slow
-def test_quickstart_shows_what_the_commands_print(tmp_path: Path) -> None:
+def _check_page_commands(page: str, tmp_path: Path) -> None:
+    """Run a page's console commands, then its Python script, in ``tmp_path``; compare outputs.
+
+    The page's console blocks hold ``$ command`` lines, each followed by what it
+    prints (stdout, then stderr). ``pip install`` and ``python -m venv`` lines are
+    skipped, ``cd DIR`` changes the folder of the next commands. The page's one
+    ``code-block:: python`` runs last, and must print the ``code-block:: text``
+    that follows "it prints:".
+    """
     pytest.importorskip("crmkit_segment_b2b", reason="pip install -e plugins/segment_b2b")
-    text = (DOCS / "quickstart.rst").read_text("utf-8")
+    text = (DOCS / page).read_text("utf-8")
     env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
     for key in ("CRMKIT_DIR", "CRMKIT_AS", "CRMKIT_DATABASE_URL", "CRMKIT_LOAD_PLUGINS"):
         env.pop(key, None)
@@ -281,6 +449,38 @@ def test_quickstart_shows_what_the_commands_print(tmp_path: Path) -> None:
         check=True,
     )
     assert run.stdout.strip() == textwrap.dedent(printed).strip()
+
+
+@pytest.mark.slow
+def test_quickstart_shows_what_the_commands_print(tmp_path: Path) -> None:
+    _check_page_commands("quickstart.rst", tmp_path)
+
+
+@pytest.mark.slow
+def test_tutorial_shows_what_the_commands_print(tmp_path: Path) -> None:
+    _check_page_commands("tutorial.rst", tmp_path)
+
+
+def test_tutorial_covers_the_lifecycle() -> None:
+    """The tutorial shows what issue #3 asks of it, not only some commands."""
+    commands = [c for c, _ in _console_sessions((DOCS / "tutorial.rst").read_text("utf-8"))]
+    joined = "\n".join(commands)
+    for needed in (
+        "deal open 1 --pipeline b2b",
+        "log call 1 --topic first_contact --outcome meeting_scheduled",
+        "--outcome proposal_requested",
+        "client update 1 --segment distributor",
+        "invoice issue 1",
+        "invoice pay 1",
+        "deal win 1",
+        "deal show 1",
+    ):
+        assert needed in joined, needed
+    outputs = "\n".join(out for _, out in _console_sessions((DOCS / "tutorial.rst").read_text()))
+    assert "deal #1: qualification -> presentation" in outputs
+    assert "Warning: deal #1 stays: stage: cannot move deal #1 to 'proposal'" in outputs
+    assert "deal #1: presentation -> proposal" in outputs
+    assert "Stage history" in outputs
 
 
 # -- the site ---------------------------------------------------------------------------
