@@ -427,7 +427,7 @@ def test_task_add_step_done_show(acme: Any) -> None:
     assert stepped.output.startswith("Task #1 step 1 done: Draft")
     assert "[x]" in stepped.output and "[ ]" in stepped.output
     refused = acme("task", "done", "1")
-    assert refused.exit_code == 2 and "step 2 not done yet" in refused.stderr
+    assert refused.exit_code == 2 and "step 2 is not done yet" in refused.stderr
     undone = ok(acme("task", "step", "1", "1", "--undo", json=True)).json
     assert [s["done_at"] for s in undone["steps"]] == [None, None]
     assert acme("task", "step", "1", "3").exit_code == 2
@@ -619,7 +619,7 @@ CALL = ["log", "call", "1", "--direction", "outbound"]
             ["deal", "move", "1", "contract_invoice"],
             2,
             "Error: stage: cannot move deal #1 to 'contract_invoice'",
-            ["does not allow skipping stages (proposal come first)"],
+            ["does not allow skipping stages (proposal comes first)"],
             id="skipped-stage",
         ),
         pytest.param(

@@ -397,7 +397,7 @@ def test_tasks_steps_deadlines_and_overdue(session, acme):
     )
     on_time = session.tasks.add("Call back", due="+2d", assignee="anna")
     open_overdue = session.tasks.add("Visit", due=NOW - dt.timedelta(days=1))
-    with pytest.raises(ValidationError, match="step 1, 2 not done yet"):
+    with pytest.raises(ValidationError, match="steps 1, 2 are not done yet"):
         session.tasks.done(late.id)
     session.tasks.step(late.id, 1)
     session.tasks.step(late.id, 2)

@@ -216,9 +216,17 @@ class CRM:
         """Pipelines from plugins, replaced or added by ``[pipelines.NAME]``."""
         from .pipeline import merge_pipelines
 
-        sources = [*self.plugins.pipelines()]
-        sources += [({"name": k, **v}, None) for k, v in self.config.pipelines.items()]
-        return merge_pipelines(sources)
+        try:
+            from_plugins = merge_pipelines(self.plugins.pipelines())
+        except ValidationError as exc:
+            raise PluginError(f"a plugin's pipeline is invalid: {exc}", field=exc.field) from None
+        try:
+            from_config = merge_pipelines(
+                ({"name": k, **v}, None) for k, v in self.config.pipelines.items()
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"{exc.message} (in crmkit.toml)", field=exc.field) from None
+        return {**from_plugins, **from_config}
 
     def pipeline(self, name: str, *, field: str = "pipeline") -> Pipeline:
         """The pipeline called ``name``; the error lists the allowed ones."""

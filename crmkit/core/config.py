@@ -188,7 +188,7 @@ class Config:
         if problems:
             first = problems[0]
             raise ConfigError(
-                f"{CONFIG_NAME}: {first.field or 'file'}: {first.reason}", field=first.field
+                f"{first.reason} (in {CONFIG_NAME})", field=first.field or CONFIG_NAME
             )
         db = data.get("database", {})
         url = os.environ.get("CRMKIT_DATABASE_URL") or db.get("url", f"sqlite:///{DEFAULT_DB_NAME}")
@@ -200,8 +200,7 @@ class Config:
             zoneinfo.ZoneInfo(timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(
-                f"{CONFIG_NAME}: crmkit.timezone: unknown time zone {timezone!r} "
-                "(use an IANA name such as 'Europe/Moscow')",
+                f"unknown time zone {timezone!r} (use an IANA name such as 'Europe/Moscow')",
                 field="crmkit.timezone",
             ) from None
         return cls(

@@ -166,8 +166,10 @@ def crmkit_check_stage_entry(
 ) -> list[Any] | None:
     """The gate hook: problems that keep a deal (or a client) out of ``stage``.
 
-    Called for every forward move after the stage's own JSON Schema gate;
-    ``deal`` is None when a client's lifecycle moves. Return problems
+    Called for every move that the pipeline's order allows, including the
+    first stage when a deal is opened (or a client created), after the
+    stage's own JSON Schema gate, and never for a move to ``lost``; ``deal``
+    is None when a client's lifecycle moves. Return problems
     (:class:`crmkit.Problem` or strings); the move is refused with every
     problem of the gate and of every plugin listed in one message.
     """

@@ -51,7 +51,9 @@ class Logged:
     interaction: Interaction
     changes: list[StageChange] = field(factory=list)
     tasks: list[Task] = field(factory=list)
-    refused: list[str] = field(factory=list)  #: moves that rules proposed and gates refused
+    #: proposed moves that were not made: refused by a gate or the pipeline's
+    #: order, or with no deal to move (rules' and plugins' alike)
+    refused: list[str] = field(factory=list)
 
 
 # -- moving down a pipeline ------------------------------------------------------------
@@ -101,10 +103,9 @@ def move_entity(
             session=s, pipeline=pipeline, stage=stage, deal=deal, client=client
         )
     if problems:
+        listed = "; ".join(p.reason if p.field in (None, "stage") else str(p) for p in problems)
         raise ValidationError(
-            f"cannot move {what} to {target!r}: " + "; ".join(str(p) for p in problems),
-            field="stage",
-            problems=problems,
+            f"cannot move {what} to {target!r}: {listed}", field="stage", problems=problems
         )
     t = s.table("stage_changes")
     note = note or (reason if target == LOST else None)
@@ -731,6 +732,7 @@ class Invoices(_Repo):
         return updated
 
     def find(self, number: str) -> Invoice | None:
+        """The invoice with this number, or None."""
         row = self.conn.execute(select(self.t).where(self.t.c.number == number)).first()
         return _invoice(row) if row else None
 
@@ -846,8 +848,13 @@ class Tasks(_Repo):
         open_steps = [str(i + 1) for i, s in enumerate(task.steps) if s.done_at is None]
         if open_steps and not force:
             raise ValidationError(
-                f"task #{task.id}: step {', '.join(open_steps)} not done yet "
-                "(mark them done, or force)",
+                f"task #{task.id}: "
+                + (
+                    f"steps {', '.join(open_steps)} are"
+                    if len(open_steps) > 1
+                    else f"step {open_steps[0]} is"
+                )
+                + " not done yet (mark them done, or force)",
                 field="steps",
             )
         when = self._when(at)

@@ -177,12 +177,16 @@ class Direction(enum.StrEnum):
 
 
 class DealStatus(enum.StrEnum):
+    """A deal is open until it is won or lost."""
+
     OPEN = "open"
     WON = "won"
     LOST = "lost"
 
 
 class InvoiceStatus(enum.StrEnum):
+    """An invoice is issued, then paid or cancelled."""
+
     ISSUED = "issued"
     PAID = "paid"
     CANCELLED = "cancelled"
@@ -277,6 +281,8 @@ class Invoice:
 
 @frozen
 class TaskStep:
+    """One step of a task's algorithm, and when it was done."""
+
     text: str
     done_at: dt.datetime | None = None
 

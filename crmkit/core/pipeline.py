@@ -8,7 +8,7 @@ A pipeline is declared as data (a plugin's ``crmkit_pipelines`` hook or a
      "stages": [
         {"name": "qualification", "probability": 0.1, "days": 7, "marks": ["mql"]},
         {"name": "proposal", "probability": 0.5, "days": 10,
-         "gate": {"properties": {"client": {"required": ["segment"]}}}}],
+         "gate": {"properties": {"client": {"properties": {"segment": {"type": "string"}}}}}}],
      "lost_reasons": ["price", "competitor"],
      "rules": [{"outcome": "proposal_requested", "move_to": "proposal",
                 "task": {"title": "Send the proposal", "due_in_hours": 24}}]}
@@ -112,6 +112,7 @@ class Stage:
 
     @property
     def terminal(self) -> bool:
+        """Is this ``won`` or ``lost``?"""
         return self.name in TERMINAL
 
 
@@ -126,6 +127,7 @@ class Rule:
     task: dict[str, Any] | None = None
 
     def matches(self, kind: str, topic: str, outcome: str) -> bool:
+        """Does an interaction of this kind, topic and outcome trigger the rule?"""
         return self.outcome == outcome and self.kind in (None, kind) and self.topic in (None, topic)
 
 
@@ -149,7 +151,16 @@ class Pipeline:
         from .validation import check_schema, schema_problems
 
         where = f"pipelines.{data.get('name', '?')}" if isinstance(data, dict) else "pipelines"
-        problems = schema_problems(PIPELINE_SCHEMA, data, prefix=where)
+        problems = [
+            Problem(
+                p.field,
+                "won and lost are the terminal states of every pipeline; "
+                "give the stage another name",
+            )
+            if p.field and p.field.endswith(".name") and "should not be valid" in p.reason
+            else p
+            for p in schema_problems(PIPELINE_SCHEMA, data, prefix=where)
+        ]
         if problems:
             raise ValidationError.from_problems(problems)
         stages = []
@@ -204,10 +215,12 @@ class Pipeline:
     # -- lookups -------------------------------------------------------------------
     @property
     def first(self) -> Stage:
+        """The stage a new deal (or client) starts in."""
         return self.stages[0]
 
     @property
     def stage_names(self) -> list[str]:
+        """The written stages in order (without ``won`` and ``lost``)."""
         return [s.name for s in self.stages]
 
     def stage(self, name: str, *, field: str = "stage") -> Stage:
@@ -234,9 +247,11 @@ class Pipeline:
         return TERMINAL if self.entity == "deal" else (LOST,)
 
     def with_mark(self, mark: str) -> list[Stage]:
+        """The stages marked ``mark`` (``mql``, ``sql``, ``proposal``)."""
         return [s for s in self.stages if mark in s.marks]
 
     def matching_rules(self, kind: str, topic: str, outcome: str) -> list[Rule]:
+        """The outcome rules an interaction of this kind, topic and outcome triggers."""
         return [r for r in self.rules if r.matches(kind, topic, outcome)]
 
     # -- the rules of moving -----------------------------------------------------------
@@ -282,7 +297,7 @@ class Pipeline:
                 Problem(
                     "stage",
                     f"pipeline {self.name!r} does not allow skipping stages "
-                    f"({', '.join(skipped)} come first)",
+                    f"({', '.join(skipped)} {'comes' if len(skipped) == 1 else 'come'} first)",
                 )
             ]
         return []
