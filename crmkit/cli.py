@@ -1618,34 +1618,25 @@ def invoice_issue(
     show(new, fmt, crm.tz)
 
 
-@invoice.command("pay")
-@click.argument("invoice_id", type=int)
-@click.option("--at", metavar="WHEN", help="When it was paid: " + WHEN_HELP)
-@format_option
-@pass_state
-def invoice_pay(state: State, invoice_id: int, at: str | None, fmt: str) -> None:
-    """Mark the issued invoice INVOICE_ID paid."""
-    crm = state.crm()
-    with state.session() as s:
-        paid = s.invoices.pay(invoice_id, at=at)
-    if fmt == "table":
-        click.echo(f"Invoice #{paid.id} {paid.number} paid")
-    show(paid, fmt, crm.tz)
+def _invoice_status_command(name: str, verb: str) -> None:
+    """``invoice pay`` and ``invoice cancel``: one shape, two verbs."""
+
+    @invoice.command(name, help=f"Mark the issued invoice INVOICE_ID {verb}.")
+    @click.argument("invoice_id", type=int)
+    @click.option("--at", metavar="WHEN", help=f"When it was {verb}: " + WHEN_HELP)
+    @format_option
+    @pass_state
+    def command(state: State, invoice_id: int, at: str | None, fmt: str) -> None:
+        crm = state.crm()
+        with state.session() as s:
+            changed = getattr(s.invoices, name)(invoice_id, at=at)
+        if fmt == "table":
+            click.echo(f"Invoice #{changed.id} {changed.number} {verb}")
+        show(changed, fmt, crm.tz)
 
 
-@invoice.command("cancel")
-@click.argument("invoice_id", type=int)
-@click.option("--at", metavar="WHEN", help="When it was cancelled: " + WHEN_HELP)
-@format_option
-@pass_state
-def invoice_cancel(state: State, invoice_id: int, at: str | None, fmt: str) -> None:
-    """Cancel the issued invoice INVOICE_ID."""
-    crm = state.crm()
-    with state.session() as s:
-        cancelled = s.invoices.cancel(invoice_id, at=at)
-    if fmt == "table":
-        click.echo(f"Invoice #{cancelled.id} {cancelled.number} cancelled")
-    show(cancelled, fmt, crm.tz)
+_invoice_status_command("pay", "paid")
+_invoice_status_command("cancel", "cancelled")
 
 
 @invoice.command("list")

@@ -945,20 +945,22 @@ def _follow_up(task: dict[str, Any]) -> FollowUp:
     )
 
 
-def _deal(row: Any) -> Deal:
+def _with_money(row: Any) -> dict[str, Any]:
+    """A deal's or invoice's row as fields: exact cents (SQLite stores a float)."""
     data = dict(row._mapping)
     data.pop("created_by", None)
-    data["status"] = DealStatus(data["status"])
-    data["amount"] = decimal.Decimal(data["amount"]).quantize(decimal.Decimal("0.01"))
-    return Deal(**data)
+    data["amount"] = decimal.Decimal(str(data["amount"])).quantize(decimal.Decimal("0.01"))
+    return data
+
+
+def _deal(row: Any) -> Deal:
+    data = _with_money(row)
+    return Deal(**{**data, "status": DealStatus(data["status"])})
 
 
 def _invoice(row: Any) -> Invoice:
-    data = dict(row._mapping)
-    data.pop("created_by", None)
-    data["status"] = InvoiceStatus(data["status"])
-    data["amount"] = decimal.Decimal(data["amount"]).quantize(decimal.Decimal("0.01"))
-    return Invoice(**data)
+    data = _with_money(row)
+    return Invoice(**{**data, "status": InvoiceStatus(data["status"])})
 
 
 def _task(row: Any) -> Task:
