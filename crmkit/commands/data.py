@@ -1,0 +1,3 @@
+"""``crmkit export``, ``backup`` and ``restore``."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""``crmkit import``: clients, deals and interactions from CSV and JSON Lines."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Moving data in and out of a deployment: import, export, backup and restore."""
