@@ -1706,6 +1706,7 @@ def plugin_new(name: str, directory: Path | None, description: str, fmt: str) ->
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
 
+
 # -- entry point ---------------------------------------------------------------------------------
 def _early_plugin_settings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Plugin modules and disabled plugins from crmkit.toml, read before click parses argv."""

@@ -331,7 +331,7 @@ def test_crmkit_check_stage_entry(crm, register_plugin):
         s.clients.update(client.id, phone="+7 900 000 00 00")
         s.deals.move(deal.id, "presentation")
         s.deals.lose(deal.id, "price")  # losing has no gate
-    assert ("lifecycle", "lead", None) in calls
+    assert ("b2b", "qualification", deal.id) in calls  # a deal's first stage has its gate
     assert calls.count(("b2b", "presentation", deal.id)) == 2
     assert ("b2b", "lost", deal.id) not in calls
 
@@ -379,8 +379,7 @@ def test_crmkit_stage_changed(crm, register_plugin):
         client = s.clients.create("X", segment=None)
         deal = s.deals.open(client.id, pipeline="webshop")
         s.deals.move(deal.id, "cart")
-    assert seen == [
-        ("client", None, "lead", "created"),
+    assert seen == [  # a new client's first lifecycle stage is implied, not a move
         ("deal", None, "ad", "opened"),
         ("deal", "ad", "cart", "manual"),
     ]
@@ -409,3 +408,28 @@ def test_crmkit_invoice_status_changed(crm, register_plugin):
             f"Thank the client for {invoice.number}"
         ]
     assert seen == [(None, "issued"), ("issued", "paid")]
+
+
+def test_crmkit_records_imported(crm, register_plugin, tmp_path):
+    from crmkit.transfer.importer import import_file
+
+    batches = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_records_imported(self, session, kind, inserted_ids, updated_ids):
+            batches.append((kind, len(inserted_ids), list(updated_ids)))
+            if session.clients.get(inserted_ids[0]).name == "Veto":
+                raise RuntimeError("refused by plugin")
+
+    register_plugin(Plugin())
+    source = tmp_path / "clients.csv"
+    source.write_text("name,email\n" + "".join(f"C{i},c{i}@x.example\n" for i in range(5)))
+    result = import_file(crm, "clients", source, batch_size=2)
+    assert result.inserted == 5
+    assert batches == [("clients", 2, []), ("clients", 2, []), ("clients", 1, [])]
+    (tmp_path / "veto.csv").write_text("name\nVeto\n")
+    with pytest.raises(RuntimeError):
+        import_file(crm, "clients", tmp_path / "veto.csv")
+    with crm.session() as s:
+        assert s.clients.count(search="Veto") == 0  # the batch was rolled back

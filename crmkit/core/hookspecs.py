@@ -167,7 +167,8 @@ def crmkit_check_stage_entry(
     """The gate hook: problems that keep a deal (or a client) out of ``stage``.
 
     Called for every move that the pipeline's order allows, including the
-    first stage when a deal is opened (or a client created), after the
+    first stage when a deal is opened (not when a client is created: a new
+    client simply starts at the lifecycle's first stage), after the
     stage's own JSON Schema gate, and never for a move to ``lost``; ``deal``
     is None when a client's lifecycle moves. Return problems
     (:class:`crmkit.Problem` or strings); the move is refused with every
@@ -201,3 +202,17 @@ def crmkit_invoice_status_changed(
     session: Session, invoice: Invoice, old_status: str | None
 ) -> None:
     """Called after an invoice was issued (``old_status`` None), paid or cancelled."""
+
+
+@hookspec
+def crmkit_records_imported(
+    session: Session, kind: str, inserted_ids: list[int], updated_ids: list[int]
+) -> None:
+    """Called once per batch of a bulk import (``crmkit import``), never once per row.
+
+    ``kind`` is ``"clients"`` (later also ``"deals"``, ``"interactions"``);
+    the ids are those the batch inserted and updated. Runs in the batch's
+    transaction: raising rolls the batch back. A bulk import does not call
+    the per-record hooks (``crmkit_check_client``, ``crmkit_client_saved``);
+    a plugin that needs to look at imported records reads them here, in bulk.
+    """

@@ -155,14 +155,25 @@ class History(_Repo):
         return [StageChange(**r._mapping) for r in rows]
 
     def stage_at(self, entity: str, entity_id: int, when: dt.datetime) -> str | None:
-        """The stage at ``when``, read from the history alone (None: not yet in the pipeline)."""
+        """The stage at ``when``, read from the history (None: not yet in the pipeline).
+
+        A client's first lifecycle stage has no row: it holds from the client's
+        creation until the first recorded move.
+        """
         row = self.conn.execute(
             select(self.t.c.to_stage)
             .where(self.t.c.entity == entity, self.t.c.entity_id == entity_id, self.t.c.at <= when)
             .order_by(self.t.c.at.desc(), self.t.c.id.desc())
             .limit(1)
         ).first()
-        return row[0] if row else None
+        if row is not None:
+            return str(row[0])
+        lifecycle = self.s.crm.lifecycle
+        if entity == "client" and lifecycle is not None:
+            created = self.s.clients.get(entity_id).created_at
+            if created is not None and created <= when:
+                return lifecycle.first.name
+        return None
 
 
 # -- deals -----------------------------------------------------------------------------

@@ -227,6 +227,14 @@ class Plugins:
             session=session, invoice=invoice, old_status=old_status
         )
 
+    def records_imported(
+        self, session: Session, kind: str, inserted_ids: list[int], updated_ids: list[int]
+    ) -> None:
+        """Tell every plugin about one imported batch."""
+        self.pm.hook.crmkit_records_imported(
+            session=session, kind=kind, inserted_ids=inserted_ids, updated_ids=updated_ids
+        )
+
     def _with_names(self, hook: Any) -> list[tuple[Any, str | None]]:
         """Call a registration hook plugin by plugin, keeping who returned what."""
         pairs: list[tuple[Any, str | None]] = []

@@ -338,6 +338,10 @@ class Clients(_Repo):
         now = utcnow()
         values["created_at"] = created_at if created_at is not None else now
         values["updated_at"] = now
+        lifecycle = self.s.crm.lifecycle
+        # a new client is at the lifecycle's first stage from its creation: that entry is
+        # implied by created_at (no stage-change row), so bulk imports write one row per client
+        values["stage"] = lifecycle.first.name if lifecycle is not None else None
         self._check_duplicates(values, exclude_id=None)
         self._check_plugins(values, changes=_fields(values))
         try:
@@ -347,9 +351,6 @@ class Clients(_Repo):
             self._check_duplicates(values, exclude_id=None)
             raise
         self.s.record("client", client_id, "created", _jsonable(values), at=values["created_at"])
-        lifecycle = self.s.crm.lifecycle
-        if lifecycle is not None:
-            self.move(client_id, lifecycle.first.name, at=values["created_at"], cause="created")
         client = self.get(client_id)
         self.s.crm.plugins.client_saved(session=self.s, client=client, created=True)
         return client
@@ -377,13 +378,16 @@ class Clients(_Repo):
         client = self.get(client_id)
         when = self._when(at)
         entered = None
-        if client.stage is not None:
+        if client.stage is not None:  # since the last move, or since the client was created
             changes = self.s.table("stage_changes")
-            entered = self.conn.execute(
-                select(func.max(changes.c.at)).where(
-                    changes.c.entity == "client", changes.c.entity_id == client.id
-                )
-            ).scalar()
+            entered = (
+                self.conn.execute(
+                    select(func.max(changes.c.at)).where(
+                        changes.c.entity == "client", changes.c.entity_id == client.id
+                    )
+                ).scalar()
+                or client.created_at
+            )
         change = move_entity(
             self.s,
             pipeline=flow,

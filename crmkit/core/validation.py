@@ -21,7 +21,8 @@ _EMAIL = re.compile(
     r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@"
     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$"
 )
-_PHONE = re.compile(r"^\+?[0-9 ()./-]{5,32}$")
+# digits, spaces and + ( ) . / -; at least five digits; at most 32 characters
+_PHONE = re.compile(r"^(?=.{5,32}$)\+?[ ()./-]*(?:\d[ ()./-]*){5,}$")
 
 
 def normalize_email(value: str | None, *, field: str = "email") -> str | None:
@@ -40,7 +41,7 @@ def normalize_phone(value: str | None, *, field: str = "phone") -> str | None:
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if not _PHONE.match(value) or sum(c.isdigit() for c in value) < 5:
+    if not _PHONE.match(value):
         raise ValidationError(
             f"{value!r} is not a phone number (digits, spaces, +, -, parentheses)", field=field
         )
@@ -227,3 +228,23 @@ def choose(value: Any, allowed: Any, *, field: str, what: str) -> str:
         return str(value)
     listed = ", ".join(allowed) or "none"
     raise ValidationError(f"{value!r} is not a known {what} (allowed: {listed})", field=field)
+
+
+@lru_cache(maxsize=256)
+def _fast(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    try:
+        import jsonschema_rs
+    except ImportError:  # pragma: no cover - jsonschema-rs is a dependency; keep a way out
+        return _validator(schema_json).is_valid
+    return jsonschema_rs.validator_for(schema, validate_formats=True).is_valid
+
+
+def fast_check(schema: dict[str, Any]) -> Any:
+    """A compiled ``is_valid(instance) -> bool`` for hot paths (bulk import).
+
+    It uses ``jsonschema-rs`` and gives the same verdict as
+    :func:`schema_problems`; when it says no, ask :func:`schema_problems`
+    for the reasons.
+    """
+    return _fast(json.dumps(schema, sort_keys=True))

@@ -173,8 +173,9 @@ def crmkit_stage_changed(session: Any, change: Any) -> None:
     target = "repeat_customer" if bought_before else "customer"
     if current != target and target in lifecycle.stage_names:
         # never before the client's last lifecycle move (a win recorded after the fact)
+        client = session.clients.get(client_id)
         entered = [h.at for h in session.history.of("client", client_id)]
-        at = max([change.at, *entered])
+        at = max([change.at, *entered, *([client.created_at] if client.created_at else [])])
         # a lost client who buys again is a customer again (the one way back from lost)
         session.clients.move(
             client_id, target, cause="automation", at=at, reactivate=current == "lost"
