@@ -28,11 +28,12 @@ version = release = crmkit.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx_click",
+    "myst_parser",
     "crmkit_data",
 ]
 
 root_doc = "index"
-source_suffix = {".rst": "restructuredtext"}
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build", "_ext", "examples", "Thumbs.db", ".DS_Store"]
 nitpicky = False
 
