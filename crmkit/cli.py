@@ -51,6 +51,10 @@ class CrmkitGroup(click.Group):
             raise CliError(exc) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
+        except BrokenPipeError:  # `crmkit client list --format json | head`: the reader left
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(0)
         except Exception as exc:
             if _truthy(os.environ.get("CRMKIT_DEBUG")):
                 raise

@@ -275,3 +275,35 @@ def test_version_and_help():
     helped = run_crmkit("--help")
     for command in ("init", "plugins", "client", "user", "team", "contact", "db", "plugin"):
         assert f"  {command} " in helped.stdout
+
+
+def test_a_reader_that_stops_early_is_no_error(crm, tmp_path):
+    """`crmkit client list --format json | head -1` ends quietly, without a traceback."""
+    from crmkit.transfer.importer import import_file
+
+    source = tmp_path / "many.csv"
+    source.write_text("name,email\n" + "".join(f"C{i},c{i}@x.example\n" for i in range(3000)))
+    import_file(crm, "clients", source)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "crmkit",
+            "-C",
+            str(crm.config.root),
+            "client",
+            "list",
+            "--limit",
+            "3000",
+            "--format",
+            "json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CRMKIT_LOAD_PLUGINS": ""},
+    )
+    assert child.stdout.read(10)
+    child.stdout.close()  # the reader leaves, as `head` does
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=60) == 0, stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr

@@ -281,11 +281,18 @@ class CRM:
         On SQLite a transaction that may write starts with ``BEGIN IMMEDIATE``,
         so writers queue up (``busy_timeout``) instead of failing when they
         find their snapshot stale; ``readonly`` ones start a plain ``BEGIN``.
+        A ``readonly`` transaction reads one consistent snapshot on both
+        databases (PostgreSQL: ``REPEATABLE READ READ ONLY``), so a report or
+        an export read in many queries is not torn by concurrent writes.
         """
         try:
             with self.engine.connect() as conn:
                 if readonly:
                     conn.execution_options(crmkit_readonly=True)
+                    if conn.dialect.name == "postgresql":
+                        conn.execution_options(
+                            isolation_level="REPEATABLE READ", postgresql_readonly=True
+                        )
                 with conn.begin():
                     yield conn
         except OperationalError as exc:

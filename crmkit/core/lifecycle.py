@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import decimal
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
@@ -350,6 +350,12 @@ class Deals(_Repo):
         q = q.order_by(self.t.c.id.desc()).limit(limit).offset(offset)
         return [_deal(r) for r in self.conn.execute(q)]
 
+    def iter(self, batch_size: int = 1000) -> Iterator[Deal]:
+        """Every deal, in id order, fetched in batches (bounded memory)."""
+        return self._keyset(
+            self._select(), lambda q: [_deal(r) for r in self.conn.execute(q)], batch_size
+        )
+
     def stalled_condition(self, now: dt.datetime) -> Any:
         """SQL: the deal is open and longer in its stage than the stage's allotted days."""
         terms = [
@@ -638,6 +644,10 @@ class Interactions(_Repo):
             )
         q = q.order_by(self.t.c.occurred_at.desc(), self.t.c.id.desc()).limit(limit).offset(offset)
         return self._fetch(q)
+
+    def iter(self, batch_size: int = 1000) -> Iterator[Interaction]:
+        """Every interaction, in id order, with its respondents, fetched in batches."""
+        return self._keyset(self._select(), self._fetch, batch_size)
 
     def _select(self) -> Any:
         users = self.s.table("users")

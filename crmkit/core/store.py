@@ -127,6 +127,18 @@ class _Repo:
 
         return utcnow() if value is None else parse_when(value, self.s.crm.tz, field=field)
 
+    def _keyset(
+        self, query: Any, fetch: Callable[[Any], builtins.list[Any]], batch_size: int
+    ) -> Iterator[Any]:
+        """The objects of ``query`` in id order, one query per ``batch_size`` (keyset paging)."""
+        last = 0
+        while True:
+            batch = fetch(query.where(self.t.c.id > last).order_by(self.t.c.id).limit(batch_size))
+            if not batch:
+                return
+            yield from batch
+            last = batch[-1].id
+
     def _insert(self, values: dict[str, Any]) -> int:
         return int(
             self.conn.execute(insert(self.t).values(values).returning(self.t.c.id)).scalar_one()
@@ -497,19 +509,11 @@ class Clients(_Repo):
 
     def iter(self, batch_size: int = 1000, **filters: Any) -> Iterator[Client]:
         """Every matching client, in id order, fetched in batches (bounded memory)."""
-        last = 0
-        while True:
-            rows = self.conn.execute(
-                self._filtered(**filters)
-                .where(self.t.c.id > last)
-                .order_by(self.t.c.id)
-                .limit(batch_size)
-            ).all()
-            if not rows:
-                return
-            for row in rows:
-                yield _client(row)
-            last = rows[-1].id
+        return self._keyset(
+            self._filtered(**filters),
+            lambda q: [_client(r) for r in self.conn.execute(q)],
+            batch_size,
+        )
 
     # -- internals ---------------------------------------------------------
     def _select(self) -> Any:

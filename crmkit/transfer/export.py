@@ -65,19 +65,7 @@ def iter_clients(session: Session, batch_size: int = DEFAULT_BATCH_SIZE) -> Iter
 
 def iter_deals(session: Session, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Deal]:
     """Every deal the session may read, in id order, ``batch_size`` rows per query."""
-    from crmkit.core.lifecycle import _deal
-
-    repo = session.deals
-    last = 0
-    while True:
-        rows = repo.conn.execute(
-            repo._select().where(repo.t.c.id > last).order_by(repo.t.c.id).limit(batch_size)
-        ).all()
-        if not rows:
-            return
-        for row in rows:
-            yield _deal(row)
-        last = rows[-1].id
+    return session.deals.iter(batch_size)
 
 
 def iter_interactions(
@@ -85,19 +73,9 @@ def iter_interactions(
 ) -> Iterator[Interaction]:
     """Every interaction the session may read, in id order, with its respondents.
 
-    The respondents of a batch are read in one more query (the repository's
-    ``_fetch``), never one per row.
+    The respondents of a batch are read in one more query, never one per row.
     """
-    repo = session.interactions
-    last = 0
-    while True:
-        batch = repo._fetch(
-            repo._select().where(repo.t.c.id > last).order_by(repo.t.c.id).limit(batch_size)
-        )
-        if not batch:
-            return
-        yield from batch
-        last = batch[-1].id
+    return session.interactions.iter(batch_size)
 
 
 _READERS = {"clients": iter_clients, "deals": iter_deals, "interactions": iter_interactions}
