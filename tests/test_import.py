@@ -14,7 +14,7 @@ import pytest
 
 from crmkit import ConfigError, Segment, ValidationError, hookimpl
 from crmkit.core.validation import fast_check, schema_problems
-from crmkit.transfer.importer import Mapping, import_file, parse_number
+from crmkit.transfer.importer import Mapping, import_file, parse_amount, parse_number
 
 SCHEMA = {
     "type": "object",
@@ -299,6 +299,8 @@ def test_mapping_errors(crm, tmp_path):
     source = write(tmp_path / "c.csv", "Company\nAcme\n")
     with pytest.raises(ConfigError, match="maps to unknown field 'nmae'"):
         import_file(crm, "clients", source, mapping=Mapping(columns={"Company": "nmae"}))
+    with pytest.raises(ConfigError, match=r"unknown field 'stages'.*, stage.NAME\)"):
+        import_file(crm, "deals", source, mapping=Mapping(columns={"Company": "stages"}))
     bad = write(tmp_path / "map.toml", "[numbers]\ndecimal = ';'\n")
     with pytest.raises(ConfigError) as err:
         import_file(crm, "clients", source, mapping=bad)
@@ -338,6 +340,47 @@ def test_numbers_as_spreadsheets_write_them(raw, decimal, expected):
 def test_numbers_that_are_refused(raw):
     with pytest.raises(ValueError):
         parse_number(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "decimal", "expected"),
+    [
+        ("1500", None, "1500.00"),
+        ("12.5", None, "12.50"),
+        ("1 234,56", None, "1234.56"),
+        ("1,234.56", None, "1234.56"),
+        ("1.234.567,8", None, "1234567.80"),
+        ("1,234", ".", "1234.00"),
+        ("99999999999999.99", None, "99999999999999.99"),  # exact: never through a float
+        (99.9, None, "99.90"),
+        (7, None, "7.00"),
+    ],
+)
+def test_amounts_as_spreadsheets_write_them(raw, decimal, expected):
+    assert str(parse_amount(raw, decimal=decimal)) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("1.005", "more than two decimals"),
+        ("-5", "negative"),
+        ("1,234", "ambiguous"),
+        ("1e20", "too large"),
+        ("lots", "not an amount"),
+        ("nan", "finite"),
+        (True, "boolean"),
+    ],
+)
+def test_amounts_that_are_refused(raw, message):
+    with pytest.raises(ValueError, match=message):
+        parse_amount(raw)
+
+
+def test_a_mapping_may_name_columns_the_file_does_not_have(crm, tmp_path):
+    mapping = Mapping(columns={"Company": "name", "Mail": "email"})
+    source = write(tmp_path / "c.csv", "Company\nAcme\n")
+    assert import_file(crm, "clients", source, mapping=mapping).inserted == 1
 
 
 def test_integers_must_be_whole():

@@ -1,4 +1,4 @@
-"""``crmkit import``: clients (with contacts) from CSV and JSON Lines."""
+"""``crmkit import``: clients (with contacts), deals (with stage history) and interactions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from crmkit.cli import State, cli, emit, format_option, pass_state
 
 
 @cli.command("import")
-@click.argument("kind", type=click.Choice(["clients"]))
+@click.argument("kind", type=click.Choice(["clients", "deals", "interactions"]))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--mapping",
@@ -35,8 +35,10 @@ from crmkit.cli import State, cli, emit, format_option, pass_state
 @click.option(
     "--update-existing",
     is_flag=True,
-    help="Merge rows that match a stored client (by external id, then email) "
-    "into it, instead of reporting them.",
+    help="Merge rows that match a stored record (by external id, else a client's email, "
+    "a deal's client, pipeline, title and opening time, an interaction's client, kind, "
+    "time, user, topic and outcome) into it, instead of reporting them. A deal's stage "
+    "history is never rewritten.",
 )
 @click.option(
     "--encoding",
@@ -77,11 +79,18 @@ def import_command(
     progress: bool | None,
     fmt: str,
 ) -> None:
-    """Import KIND (clients) from FILE, a CSV or JSON Lines file.
+    """Import KIND (clients, deals or interactions) from FILE, a CSV or JSON Lines file.
 
     Rows are checked and written in batches; a row that matches a stored
-    client by external id or email is never doubled. Running the same import
-    again changes nothing; rerunning an interrupted one completes it.
+    record (by external id, or what identifies it without one) is never
+    doubled. Running the same import again changes nothing; rerunning an
+    interrupted one completes it.
+
+    Deals carry their stage history: a stage.NAME column holds the date the
+    deal entered stage NAME (JSON Lines: "history": [{"stage": ..., "at": ...}]).
+    Imported history is not checked against the stages' entry gates, and
+    imported interactions do not apply outcome rules or plugin effects: both
+    happened already.
     """
     from crmkit.transfer.importer import import_file
 

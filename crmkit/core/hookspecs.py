@@ -210,7 +210,7 @@ def crmkit_records_imported(
 ) -> None:
     """Called once per batch of a bulk import (``crmkit import``), never once per row.
 
-    ``kind`` is ``"clients"`` (later also ``"deals"``, ``"interactions"``);
+    ``kind`` is ``"clients"``, ``"deals"`` or ``"interactions"``;
     the ids are those the batch inserted and updated. Runs in the batch's
     transaction: raising rolls the batch back. A bulk import does not call
     the per-record hooks (``crmkit_check_client``, ``crmkit_client_saved``);

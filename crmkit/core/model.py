@@ -222,6 +222,7 @@ class Interaction:
     respondents: list[int] = field(factory=list)
     note: str | None = None
     created_at: dt.datetime | None = None
+    external_id: str | None = None  #: the id in the system it was imported from
 
 
 @frozen
@@ -244,6 +245,7 @@ class Deal:
     opened_at: dt.datetime | None = None
     stage_entered_at: dt.datetime | None = None
     closed_at: dt.datetime | None = None
+    external_id: str | None = None  #: the id in the system it was imported from
 
 
 @frozen

@@ -146,7 +146,7 @@ def core_metadata() -> MetaData:
 
 
 def _lifecycle_tables(metadata: MetaData) -> None:
-    """Deals, their stage history, interactions, invoices and tasks (revision crmkit_0002)."""
+    """Deals, their stage history, interactions, invoices, tasks (revisions crmkit_0002, _0003)."""
     deals = Table(
         "deals",
         metadata,
@@ -165,7 +165,11 @@ def _lifecycle_tables(metadata: MetaData) -> None:
         Column("stage_entered_at", UTCDateTime, nullable=False, default=utcnow),
         Column("closed_at", UTCDateTime, nullable=True),
         Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("external_id", String(200), nullable=True),  # revision crmkit_0003
     )
+    # a unique index rather than a UNIQUE constraint: SQLite adds it without rebuilding the
+    # table (a rebuild would cascade to invoices and tasks); named by NAMING_CONVENTION["uq"]
+    Index("uq_deals_external_id", deals.c.external_id, unique=True)
     Index("ix_deals_client_id", deals.c.client_id)
     Index("ix_deals_pipeline_stage", deals.c.pipeline, deals.c.stage)
     changes = Table(
@@ -205,7 +209,9 @@ def _lifecycle_tables(metadata: MetaData) -> None:
         Column("outcome", String(63), nullable=False),
         Column("note", Text, nullable=True),
         Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        Column("external_id", String(200), nullable=True),  # revision crmkit_0003
     )
+    Index("uq_interactions_external_id", interactions.c.external_id, unique=True)
     Index("ix_interactions_client_at", interactions.c.client_id, interactions.c.occurred_at)
     Index("ix_interactions_user_at", interactions.c.user_id, interactions.c.occurred_at)
     Index("ix_interactions_deal_id", interactions.c.deal_id)

@@ -1,4 +1,6 @@
-"""Bulk import of clients (with contacts) from CSV and JSON Lines, at the speed of the database.
+"""Bulk import of clients (with contacts), deals (with their stage history) and interactions.
+
+Files are CSV or JSON Lines, imported at the speed of the database.
 
 The importer streams: it reads, checks and writes ``batch_size`` rows at a
 time, so memory stays bounded whatever the file's size. Every batch is one
@@ -19,12 +21,22 @@ file) is the same client. It is merged with ``update_existing``; otherwise it
 is *unchanged* when it carries nothing new, and rejected as a duplicate when it
 does. Running an import twice therefore changes nothing the second time, and
 rerunning an import that was killed midway completes it without doubles.
+
+Deals and interactions follow the same rules (see :class:`_DealRows` and
+:class:`_InteractionRows` for their fields). They are history: a deal's
+imported stage history is checked against its pipeline's order but not
+against the stages' entry gates, and an imported interaction does not apply
+the outcome rules or the plugins' ``crmkit_interaction_logged`` effects (both
+happened already, in the system the data comes from). Deals are matched by
+external id, else by (client, pipeline, title, opened_at); interactions by
+external id, else by (client, kind, occurred_at, user, topic, outcome).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal as dec
 import json
 import os
 import re
@@ -35,9 +47,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from attrs import define, field
-from sqlalchemy import func, select, text
+from sqlalchemy import Integer, String, func, select, text
 
 from crmkit.core.errors import ConfigError, ValidationError
+from crmkit.core.pipeline import LOST, TERMINAL, WON
 from crmkit.core.validation import (
     _EMAIL,
     _PHONE,
@@ -47,9 +60,10 @@ from crmkit.core.validation import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.app import CRM
+    from crmkit.core.pipeline import Pipeline
     from crmkit.core.store import Session
 
-KINDS = ("clients",)
+KINDS = ("clients", "deals", "interactions")
 BATCH_SIZE = 5000
 
 CLIENT_FIELDS = (
@@ -65,6 +79,47 @@ CLIENT_FIELDS = (
 )
 CONTACT_FIELDS = ("name", "position", "email", "phone")
 PREFIXES = ("param.", "requisite.", "contact.")
+#: a deal's client, and an interaction's: by id, external id or email
+CLIENT_REFS = ("client_id", "client_external_id", "client_email")
+DEAL_FIELDS = (
+    *CLIENT_REFS,
+    "pipeline",
+    "title",
+    "amount",
+    "currency",
+    "owner",
+    "expected_close",
+    "opened_at",
+    "stage",
+    "status",
+    "outcome",  # the same as status
+    "closed_at",
+    "lost_reason",
+    "external_id",
+    "history",  # JSON Lines: [{"stage": ..., "at": ...}, ...]
+)
+INTERACTION_FIELDS = (
+    *CLIENT_REFS,
+    "deal_id",
+    "deal_external_id",
+    "kind",
+    "topic",
+    "outcome",
+    "direction",
+    "occurred_at",
+    "at",  # the same as occurred_at
+    "duration",  # minutes
+    "duration_min",  # the same as duration (as exported)
+    "user",
+    "note",
+    "external_id",
+)
+#: per kind: its fields, the prefixes of open-ended fields, and how the help names them
+_KIND_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "clients": (CLIENT_FIELDS, PREFIXES, ("param.NAME", "requisite.NAME", "contact.NAME")),
+    "deals": (DEAL_FIELDS, ("stage.",), ("stage.NAME",)),
+    "interactions": (INTERACTION_FIELDS, (), ()),
+}
 
 
 # -- results ---------------------------------------------------------------------------
@@ -127,6 +182,12 @@ class Mapping:
 
         [defaults]                 # values for fields the file does not have
         source = "import"
+
+    The same keys serve deals and interactions, with their own fields: e.g.
+    ``"Qualified on" = "stage.qualification"`` (the date a deal entered that
+    stage), ``[values.stage]`` translates stage names (of a ``stage`` column
+    and of a JSON Lines ``history``), ``[values.user]`` logins, ``[dates]
+    stage = "%d.%m.%Y"`` the format of every stage date.
     """
 
     columns: dict[str, str] = field(factory=dict)
@@ -340,31 +401,7 @@ def parse_number(raw: Any, *, decimal: str | None = None, integer: bool = False)
     if isinstance(raw, int | float):
         value: int | float = raw
     else:
-        text_value = _THOUSANDS.sub("", str(raw).strip())
-        if not text_value:
-            raise ValueError("is empty")
-        commas, dots = text_value.count(","), text_value.count(".")
-        if commas and dots:
-            if text_value.rfind(",") > text_value.rfind("."):
-                text_value = text_value.replace(".", "").replace(",", ".")
-            else:
-                text_value = text_value.replace(",", "")
-        elif commas:
-            decimals = len(text_value) - text_value.rfind(",") - 1
-            if commas > 1 or (decimals == 3 and decimal != ","):
-                if decimal == "," and commas == 1:
-                    text_value = text_value.replace(",", ".")
-                elif decimal == "." or commas > 1:
-                    text_value = text_value.replace(",", "")
-                else:
-                    raise ValueError(
-                        f"{raw!r} is ambiguous (thousands or decimals?); "
-                        'set [numbers] decimal = "," or "." in the mapping'
-                    )
-            else:
-                text_value = text_value.replace(",", ".")
-        elif dots > 1:
-            text_value = text_value.replace(".", "")
+        text_value = _number_text(raw, decimal)
         try:
             value = int(text_value) if text_value.lstrip("+-").isdigit() else float(text_value)
         except ValueError:
@@ -376,6 +413,72 @@ def parse_number(raw: Any, *, decimal: str | None = None, integer: bool = False)
             raise ValueError(f"{raw!r} is not a whole number")
         value = int(value)
     return value
+
+
+def _number_text(raw: Any, decimal: str | None) -> str:
+    """A spreadsheet's number as plain text (``1 234,50`` -> ``1234.50``); see parse_number."""
+    text_value = _THOUSANDS.sub("", str(raw).strip())
+    if not text_value:
+        raise ValueError("is empty")
+    commas, dots = text_value.count(","), text_value.count(".")
+    if commas and dots:
+        if text_value.rfind(",") > text_value.rfind("."):
+            text_value = text_value.replace(".", "").replace(",", ".")
+        else:
+            text_value = text_value.replace(",", "")
+    elif commas:
+        decimals = len(text_value) - text_value.rfind(",") - 1
+        if commas > 1 or (decimals == 3 and decimal != ","):
+            if decimal == "," and commas == 1:
+                text_value = text_value.replace(",", ".")
+            elif decimal == "." or commas > 1:
+                text_value = text_value.replace(",", "")
+            else:
+                raise ValueError(
+                    f"{raw!r} is ambiguous (thousands or decimals?); "
+                    'set [numbers] decimal = "," or "." in the mapping'
+                )
+        else:
+            text_value = text_value.replace(",", ".")
+    elif dots > 1:
+        text_value = text_value.replace(".", "")
+    return text_value
+
+
+_PLAIN_AMOUNT = re.compile(r"\d+(?:\.\d{1,2})?$")
+_CENT = dec.Decimal("0.01")
+_TOO_LARGE = dec.Decimal("1e14")
+
+
+def parse_amount(raw: Any, *, decimal: str | None = None) -> dec.Decimal:
+    """An amount of money as spreadsheets write it (see :func:`parse_number`), exactly.
+
+    The text is read as a :class:`~decimal.Decimal`, never through a float:
+    zero or more, at most two decimals, below 10^14 (what ``Numeric(16, 2)``
+    holds). The result has two decimal places.
+    """
+    if raw.__class__ is str and _PLAIN_AMOUNT.match(raw):  # the common case: "1500", "12.50"
+        return dec.Decimal(raw).quantize(_CENT)
+    if isinstance(raw, bool):
+        raise ValueError("is a boolean, not an amount")
+    if isinstance(raw, dec.Decimal | int):
+        amount = dec.Decimal(raw)
+    elif isinstance(raw, float):
+        amount = dec.Decimal(repr(raw))  # a JSON number: the digits it was written with
+    else:
+        try:
+            amount = dec.Decimal(_number_text(raw, decimal))
+        except dec.InvalidOperation:
+            raise ValueError(f"{raw!r} is not an amount of money") from None
+    if not amount.is_finite():
+        raise ValueError("must be a finite amount")
+    if amount < 0:
+        raise ValueError(f"{raw!r} is negative; an amount is zero or more")
+    if amount != amount.quantize(_CENT):
+        raise ValueError(f"{raw!r} has more than two decimals")
+    if amount >= _TOO_LARGE:
+        raise ValueError(f"{raw!r} is too large")
+    return amount.quantize(_CENT)
 
 
 _TRUE = {"true", "yes", "1", "y", "да", "так"}
@@ -659,7 +762,7 @@ class _ClientRows:
                 *_target(target),
                 self.mapping.values.get(target),
             )
-            for column, target in _field_map(columns, self.mapping, CLIENT_FIELDS)
+            for column, target in _field_map(columns, self.mapping, "clients")
         ]
 
     def _bad(self, target: str, reason: str) -> _Bad:
@@ -816,27 +919,35 @@ class _Bad(Exception):
         self.reason = reason
 
 
-def _field_map(
-    columns: list[str], mapping: Mapping, fields: Sequence[str]
-) -> list[tuple[str, str]]:
-    """``(source column, field)`` pairs; unknown fields in the mapping are refused."""
+def _field_map(columns: list[str], mapping: Mapping, kind: str) -> list[tuple[str, str]]:
+    """``(source column, field)`` pairs for ``kind``; unknown fields in the mapping are refused.
+
+    Columns that name no field are left out (a file may carry more than crmkit keeps),
+    and so are the mapping's columns that the file does not have (one mapping may
+    serve several files).
+    """
+    fields, prefixes, open_ended = _KIND_FIELDS[kind]
+    present = set(columns)
     pairs: list[tuple[str, str]] = []
     for source, target in mapping.columns.items():
-        if target not in fields and not target.startswith(PREFIXES):
-            allowed = ", ".join([*fields, "param.NAME", "requisite.NAME", "contact.NAME"])
+        if target not in fields and not (prefixes and target.startswith(prefixes)):
+            allowed = ", ".join([*fields, *open_ended])
             raise ConfigError(
                 f"column {source!r} maps to unknown field {target!r} (fields: {allowed})",
                 field=f"mapping.columns.{source}",
             )
-        if target.startswith("contact.") and target[8:] not in CONTACT_FIELDS:
+        if kind == "clients" and target.startswith("contact.") and target[8:] not in CONTACT_FIELDS:
             raise ConfigError(
                 f"{target!r} is not a contact field ({', '.join(CONTACT_FIELDS)})",
                 field=f"mapping.columns.{source}",
             )
-        pairs.append((source, target))
+        if source in present:
+            pairs.append((source, target))
     mapped = set(mapping.columns)
     for column in columns:
-        if column not in mapped and (column in fields or column.startswith(PREFIXES)):
+        if column not in mapped and (
+            column in fields or (prefixes and column.startswith(prefixes))
+        ):
             pairs.append((column, column))
     return pairs
 
@@ -857,7 +968,9 @@ def import_file(
     file_format: str | None = None,
     progress: Callable[[ImportResult], None] | None = None,
 ) -> ImportResult:
-    """Import ``path`` into ``crm`` as ``as_user``; see the module's documentation.
+    """Import ``path`` (``kind``: clients, deals or interactions) into ``crm`` as ``as_user``.
+
+    See the module's documentation.
 
     ``progress`` is called after every batch with the running totals.
     Raises :class:`ValidationError` for a file that cannot be read at all (and
@@ -873,7 +986,7 @@ def import_file(
         mapping = Mapping.load(mapping) if mapping is not None else Mapping()
     columns, rows = read_rows(path, encoding=encoding, file_format=file_format)
     if columns:
-        _require_columns(columns, mapping)
+        _require_columns(kind, columns, mapping)
     result = ImportResult(kind=kind)
     errors = _ErrorSink(errors_to)
     errors.header = columns
@@ -882,6 +995,7 @@ def import_file(
         if on_error == "abort":
             _import_all_or_nothing(
                 crm,
+                kind,
                 rows,
                 columns,
                 mapping,
@@ -894,9 +1008,11 @@ def import_file(
                 started,
             )
         else:
+            write = _WRITERS[kind]
             for batch in _batches(rows, batch_size):
                 with crm.session(as_user=as_user) as s:
-                    _write_batch(s, batch, columns, mapping, update_existing, result, errors, path)
+                    write(s, batch, columns, mapping, update_existing, result, errors, path)
+                errors.flush()
                 result.batches += 1
                 result.seconds = time.perf_counter() - started
                 if progress is not None:
@@ -908,12 +1024,40 @@ def import_file(
     return result
 
 
-def _require_columns(columns: list[str], mapping: Mapping) -> None:
-    _field_map(columns, mapping, CLIENT_FIELDS)  # a mapping that names unknown fields fails first
+def _require_columns(kind: str, columns: list[str], mapping: Mapping) -> None:
+    """Refuse a CSV header that lacks what every row needs (JSON Lines rows are checked alone)."""
+    _field_map(columns, mapping, kind)  # a mapping that names unknown fields fails first
     targets = {mapping.columns.get(c, c) for c in columns} | set(mapping.defaults)
+    listed = ", ".join(columns)
+    if kind != "clients":
+        what = "deal" if kind == "deals" else "interaction"
+        needs = [("client", CLIENT_REFS, f"the {what}'s client")]
+        if kind == "deals":
+            needs.append(("opened_at", ("opened_at",), "when the deal was opened"))
+            if {"history", "external_id"} & targets or any(t.startswith("stage.") for t in targets):
+                # the date of the first stage; or rows that only update stored deals
+                targets.add("opened_at")
+        else:
+            needs += [
+                ("kind", ("kind",), "the interaction's kind"),
+                ("topic", ("topic",), "the interaction's topic"),
+                ("outcome", ("outcome",), "the interaction's outcome"),
+                ("occurred_at", ("occurred_at", "at"), "when the interaction took place"),
+            ]
+        for field_name, names, label in needs:
+            if not targets.intersection(names):
+                hint = " or ".join(repr(n) for n in names)
+                if field_name == "opened_at":
+                    hint += " or 'stage.NAME' (the date the deal entered that stage)"
+                raise ValidationError(
+                    f"no column gives {label} (columns: {listed}); "
+                    f"name one {hint} or map it in the mapping's [columns]",
+                    field=field_name,
+                )
+        return
     if "name" not in targets:
         raise ValidationError(
-            f"no column gives the client's name (columns: {', '.join(columns)}); "
+            f"no column gives the client's name (columns: {listed}); "
             "name one 'name' or map it in the mapping's [columns]",
             field="name",
         )
@@ -921,6 +1065,7 @@ def _require_columns(columns: list[str], mapping: Mapping) -> None:
 
 def _import_all_or_nothing(
     crm: CRM,
+    kind: str,
     rows: Iterator[tuple[int, dict[str, Any]]],
     columns: list[str],
     mapping: Mapping,
@@ -937,11 +1082,12 @@ def _import_all_or_nothing(
     class _Abort(Exception):
         pass
 
+    write = _WRITERS[kind]
     try:
         with crm.session(as_user=as_user) as s:
             for batch in _batches(rows, batch_size):
                 # after the first bad row, the rest is only checked, so every bad row is listed
-                _write_batch(
+                write(
                     s,
                     batch,
                     columns,
@@ -952,6 +1098,7 @@ def _import_all_or_nothing(
                     None,
                     dry=result.rejected > 0,
                 )
+                errors.flush()
                 result.batches += 1
                 result.seconds = time.perf_counter() - started
                 if progress is not None:
@@ -1111,13 +1258,20 @@ def _existing_clients(
     return found
 
 
-def _in(s: Session, column: Any, values: list[str]) -> Any:
-    """``column IN values`` with one bound parameter, however many values (a batch has many)."""
-    if s.connection.dialect.name == "postgresql":
-        from sqlalchemy import ARRAY, String, any_, bindparam
+def _in(
+    s: Session, column: Any, values: Sequence[Any], name: str = "values", type_: Any = String
+) -> Any:
+    """``column IN values`` with one bound parameter, however many values (a batch has many).
 
-        return column == any_(bindparam("values", values, type_=ARRAY(String)))
-    json_each = text("SELECT value FROM json_each(:values)").bindparams(values=json.dumps(values))
+    ``name`` tells the parameters of two such conditions in one statement apart.
+    """
+    if s.connection.dialect.name == "postgresql":
+        from sqlalchemy import ARRAY, any_, bindparam
+
+        return column == any_(bindparam(name, list(values), type_=ARRAY(type_)))
+    json_each = text(f"SELECT value FROM json_each(:{name})").bindparams(
+        **{name: json.dumps(list(values))}
+    )
     return column.in_(json_each)
 
 
@@ -1170,13 +1324,1379 @@ def _store(
         )
 
 
+# -- deals and interactions: shared parts ----------------------------------------------
+class _Values:
+    """A row's values by field, translated by the mapping; the plan is made once per import.
+
+    ``stage.NAME`` columns (a deal's entered-stage dates) are kept apart, as
+    ``(NAME, value, source column, field)`` in the file's order.
+    """
+
+    def __init__(self, columns: list[str], mapping: Mapping, kind: str) -> None:
+        self.mapping = mapping
+        self.kind = kind
+        self.plan = self._plan(columns, by_index=True) if columns else []
+        self._plans: dict[tuple[str, ...], list[tuple[Any, str, Any, str, str | None]]] = {}
+
+    def _plan(
+        self, columns: list[str], *, by_index: bool
+    ) -> list[tuple[Any, str, Any, str, str | None]]:
+        position = {c: i for i, c in enumerate(columns)}
+        return [
+            (
+                position[column] if by_index else column,
+                target,
+                self.mapping.values.get(target),
+                column,
+                target[6:] if target.startswith("stage.") else None,
+            )
+            for column, target in _field_map(columns, self.mapping, self.kind)
+        ]
+
+    def __call__(self, raw: Any) -> tuple[dict[str, Any], list[tuple[str, Any, str, str]]]:
+        if raw.__class__ is list:
+            plan, get = self.plan, raw.__getitem__
+        else:
+            keys = tuple(raw)
+            plan = self._plans.get(keys)
+            if plan is None:
+                plan = self._plans[keys] = self._plan(list(keys), by_index=False)
+            get = raw.get
+        values: dict[str, Any] = {}
+        stages: list[tuple[str, Any, str, str]] = []
+        for column, target, translations, source, stage in plan:
+            value = get(column)
+            if value is None or value == "":
+                continue
+            if value.__class__ is str:
+                value = value.strip()
+                if not value:
+                    continue
+                if translations is not None:
+                    value = translations.get(value, value)
+            if stage is not None:
+                stages.append((stage, value, source, target))
+            else:
+                values[target] = value
+        return values, stages
+
+
+def _date_parser(fmt: str | None, tz: Any) -> Callable[[Any], dt.datetime]:
+    """:func:`parse_datetime` with a memory: the dates of a file repeat (bounded cache)."""
+    cache: dict[str, dt.datetime] = {}
+
+    def parse(raw: Any) -> dt.datetime:
+        if raw.__class__ is not str:
+            return parse_datetime(raw, fmt, tz)
+        value = cache.get(raw)
+        if value is None:
+            if len(cache) >= 50_000:
+                cache.clear()
+            value = cache[raw] = parse_datetime(raw, fmt, tz)
+        return value
+
+    return parse
+
+
+def _cached_binder(session: Session, table: str, column: str) -> Callable[[Any], Any]:
+    """A column's bind conversion, remembered per value (a batch repeats its dates)."""
+    proc = BulkInsert.binder(session, table, column)
+    if proc is _same:
+        return proc
+    cache: dict[Any, Any] = {}
+
+    def bind(value: Any) -> Any:
+        if value is None:
+            return None
+        out = cache.get(value)
+        if out is None:
+            if len(cache) >= 50_000:
+                cache.clear()
+            out = cache[value] = proc(value)
+        return out
+
+    return bind
+
+
+class _Rows:
+    """What deals and interactions share: users, client references, dates, messages."""
+
+    kind = ""
+
+    def __init__(self, session: Session, columns: list[str], mapping: Mapping) -> None:
+        self.tz = session.crm.tz
+        self.mapping = mapping
+        self.values = _Values(columns, mapping, self.kind)
+        self.column_of = {target: column for column, target in mapping.columns.items()}
+        self.defaults = {k: v for k, v in mapping.defaults.items() if not k.startswith("stage.")}
+        users = session.table("users")
+        self.users = {
+            login: (uid, active)
+            for uid, login, active in session.connection.execute(
+                select(users.c.id, users.c.login, users.c.active)
+            )
+        }
+        self.user_id = session.user.id
+        self._parsers: dict[str, Callable[[Any], dt.datetime]] = {}
+        # the column named in "client: is required" when a row gives none
+        present = {target for *_, target in _field_map(columns, mapping, self.kind)}
+        self.client_column = next((self._column(f) for f in CLIENT_REFS if f in present), None)
+
+    def _column(self, target: str) -> str:
+        return self.column_of.get(target, target)
+
+    def _bad(self, target: str, reason: str) -> _Bad:
+        return _Bad(self.column_of.get(target, target), f"{target}: {reason}")
+
+    def _parser(self, target: str) -> Callable[[Any], dt.datetime]:
+        """The parser of ``target``'s dates: the mapping's format for it (cached per format)."""
+        parse = self._parsers.get(target)
+        if parse is None:
+            dates = self.mapping.dates
+            group = "stage" if target.startswith("stage.") or target == "history" else target
+            fmt = dates.get(target) or dates.get(group) or dates.get("format")
+            parse = self._parsers[target] = _date_parser(fmt, self.tz)
+        return parse
+
+    def _date(self, target: str, raw: Any, *, column: str | None = None) -> dt.datetime:
+        """``raw`` as a time, in the format the mapping gives ``target``."""
+        parse = self._parsers.get(target) or self._parser(target)
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise _Bad(column or self._column(target), f"{target}: {exc}") from None
+
+    def _text(self, values: dict[str, Any], target: str, limit: int) -> str | None:
+        value = values.get(target)
+        if value is None:
+            return None
+        value = str(value)
+        if len(value) > limit:
+            raise self._bad(target, f"is longer than {limit} characters")
+        return value
+
+    def _refs(self, values: dict[str, Any]) -> list[tuple[str, Any]]:
+        """The client references a row gives: ``[(field, id | external id | lower email)]``."""
+        refs: list[tuple[str, Any]] = []
+        for target in CLIENT_REFS:
+            value = values.get(target)
+            if value is None:
+                continue
+            if target == "client_id":
+                value = _whole(value, self._bad, target)
+            elif target == "client_email":
+                value = str(value).lower()
+            else:
+                value = str(value)
+            refs.append((target, value))
+        if not refs:
+            raise _Bad(
+                self.client_column,
+                "client: is required (give client_id, client_external_id or client_email)",
+            )
+        return refs
+
+    def _login(self, values: dict[str, Any], target: str, *, active: bool) -> int:
+        login = values.get(target)
+        if login is None:
+            return self.user_id
+        found = self.users.get(str(login))
+        if found is None:
+            raise self._bad(target, f"no user {login!r}")
+        if active and not found[1]:
+            raise self._bad(target, f"user {login!r} is not active")
+        return int(found[0])
+
+    def _show(self, when: dt.datetime) -> str:
+        """A time as the file most likely wrote it: the date alone at midnight."""
+        local = when.astimezone(self.tz)
+        if local.time() == dt.time():
+            return local.date().isoformat()
+        return local.replace(tzinfo=None).isoformat(" ", "seconds")
+
+
+def _whole(value: Any, bad: Callable[[str, str], _Bad], target: str) -> int:
+    if value.__class__ is int:
+        return int(value)
+    try:
+        return int(parse_number(value, integer=True))
+    except ValueError:
+        raise bad(target, f"{value!r} is not a whole number") from None
+
+
+def _resolve_clients(
+    s: Session,
+    items: list[Any],
+    errors: _ErrorSink,
+    result: ImportResult,
+    column_of: Callable[[str], str],
+) -> list[Any]:
+    """Give each row (``.refs``) its ``client_id`` and ``client_name``; one query per batch.
+
+    Rows whose client is not found, or whose references disagree, are rejected.
+    """
+    ids: set[int] = set()
+    exts: set[str] = set()
+    emails: set[str] = set()
+    for item in items:
+        for target, value in item.refs:
+            if target == "client_id":
+                ids.add(value)
+            elif target == "client_external_id":
+                exts.add(value)
+            else:
+                emails.add(value)
+    t = s.table("clients")
+    found: dict[tuple[str, Any], tuple[int, str]] = {}
+    for target, column, values, type_ in (
+        ("client_id", t.c.id, ids, Integer),
+        ("client_external_id", t.c.external_id, exts, String),
+        ("client_email", func.lower(t.c.email), emails, String),
+    ):
+        if not values:
+            continue
+        query = select(t.c.id, t.c.name, column.label("ref")).where(
+            _in(s, column, sorted(values), target, type_)
+        )
+        for client_id, name, ref in s.connection.execute(query):
+            found[(target, ref)] = (client_id, name)
+    kept = []
+    what = {"client_id": "id", "client_external_id": "external id", "client_email": "email"}
+    for item in items:
+        client: tuple[int, str] | None = None
+        first: tuple[str, Any] | None = None
+        try:
+            for target, value in item.refs:
+                match = found.get((target, value))
+                if match is None:
+                    shown = value if target == "client_id" else repr(value)
+                    raise _Bad(
+                        column_of(target), f"{target}: no client with {what[target]} {shown}"
+                    )
+                if client is None:
+                    client, first = match, (target, value)
+                elif match[0] != client[0]:
+                    assert first is not None
+                    raise _Bad(
+                        column_of(target),
+                        f"{target}: {value!r} is client #{match[0]}, but {first[0]} "
+                        f"{first[1]!r} is client #{client[0]}",
+                    )
+        except _Bad as bad:
+            errors.add(RowError(item.line, bad.column, bad.reason), item.raw)
+            result.rejected += 1
+            continue
+        assert client is not None
+        item.client_id, item.client_name = client
+        kept.append(item)
+    return kept
+
+
+def _convert_all(
+    convert: Callable[[Any], Any],
+    batch: list[tuple[int, Any]],
+    errors: _ErrorSink,
+    result: ImportResult,
+) -> list[Any]:
+    """The batch's rows converted; bad ones go to the errors."""
+    good = []
+    for line, raw in batch:
+        if raw.__class__ is RowFailure:
+            errors.add(RowError(line, None, str(raw)), None)
+            result.rejected += 1
+            continue
+        try:
+            item = convert(raw)
+        except _Bad as bad:
+            errors.add(RowError(line, bad.column, bad.reason), raw)
+            result.rejected += 1
+            continue
+        item.line, item.raw = line, raw
+        good.append(item)
+    return good
+
+
+def _reject(
+    errors: _ErrorSink, result: ImportResult, item: Any, reason: str, column: str | None = None
+) -> None:
+    errors.add(RowError(item.line, column, reason), item.raw)
+    result.rejected += 1
+
+
+def _time_range(s: Session, table: str, column: str, times: list[dt.datetime]) -> tuple[Any, Any]:
+    """``column BETWEEN`` the earliest and the latest of ``times``, as bound parameters."""
+    col = s.table(table).c[column]
+    return col >= min(times), col <= max(times)
+
+
+def _finish_batch(
+    s: Session,
+    kind: str,
+    inserted_ids: list[int],
+    updated_ids: list[int],
+    path: Any,
+) -> None:
+    """One event and one ``crmkit_records_imported`` call for the batch."""
+    if not inserted_ids and not updated_ids:
+        return
+    s.record(
+        "import",
+        inserted_ids[0] if inserted_ids else updated_ids[0],
+        f"{kind}_imported",
+        {
+            "file": None if path is None else str(path),
+            "inserted": [inserted_ids[0], inserted_ids[-1]] if inserted_ids else None,
+            "updated": updated_ids,
+        },
+    )
+    s.crm.plugins.records_imported(
+        session=s, kind=kind, inserted_ids=inserted_ids, updated_ids=updated_ids
+    )
+
+
+# -- deals -----------------------------------------------------------------------------
+class _Flow:
+    """A deal pipeline, prepared for checking many histories quickly."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.name = pipeline.name
+        self.order = {s.name: s.order for s in pipeline.stages}
+        self.order[WON] = len(pipeline.stages) + 1
+        self.order[LOST] = len(pipeline.stages) + 2
+        self.first = pipeline.first.name
+        self.last = pipeline.stages[-1].name
+        self.allow_skip = pipeline.allow_skip
+        self.reasons = frozenset(pipeline.lost_reasons) or None
+        self.allowed = ", ".join([*pipeline.stage_names, *TERMINAL])
+
+
+class _Deal:
+    """One converted deal row."""
+
+    __slots__ = (
+        "amount",
+        "client_id",
+        "client_name",
+        "closed_at",
+        "currency",
+        "expected_close",
+        "external_id",
+        "flow",
+        "given",
+        "history",
+        "line",
+        "lost_reason",
+        "opened_at",
+        "owner_id",
+        "raw",
+        "refs",
+        "status",
+        "title",
+    )
+
+    line: int
+    raw: Any
+    refs: list[tuple[str, Any]]
+    client_id: int
+    client_name: str
+    flow: _Flow
+    title: str | None
+    amount: dec.Decimal
+    currency: str
+    owner_id: int
+    expected_close: dt.date | None
+    opened_at: dt.datetime | None
+    #: the stages entered, won/lost last (None: the row gives no dates, it may only update)
+    history: list[tuple[str, dt.datetime]] | None
+    status: str
+    closed_at: dt.datetime | None
+    lost_reason: str | None
+    external_id: str | None
+    given: set[str]  #: what the file gives ("history": any stage date, stage or status)
+
+
+class _DealRows(_Rows):
+    """Turns raw rows into deals with their stage history, looked up once per import.
+
+    Fields: ``client_id`` / ``client_external_id`` / ``client_email`` (the
+    client, one is enough), ``pipeline`` (default: the first deal pipeline),
+    ``title`` (default: the client's name), ``amount`` (as spreadsheets write
+    it, two decimals at most), ``currency`` (default: the deployment's),
+    ``owner`` (an active user's login; default: the acting user),
+    ``expected_close``, ``opened_at``, ``status`` (or ``outcome``: open, won,
+    lost) with ``closed_at`` and ``lost_reason`` (from the pipeline's list),
+    ``stage`` (where the deal is: checked against the history), ``external_id``.
+
+    The stage history: ``stage.NAME`` columns hold the date the deal entered
+    stage NAME (``stage.won``/``stage.lost`` the date it closed); in JSON
+    Lines, ``history`` is a list of ``{"stage": ..., "at": ...}``. It must
+    start in the pipeline's first stage and go forward one stage at a time
+    (further only when the pipeline allows skipping), with dates that never go
+    back; ``opened_at`` (default: the first date) is not after it; a won deal
+    has reached the last stage (unless skipping is allowed). Without any
+    dates, the deal entered ``stage`` (default: the first) at ``opened_at``;
+    a row with an external id and no dates at all may only update a stored deal.
+    The stages' entry gates are *not* checked and ``crmkit_stage_changed`` is
+    not called: the history happened already (plugins see each batch through
+    ``crmkit_records_imported``).
+    """
+
+    kind = "deals"
+
+    def __init__(self, session: Session, columns: list[str], mapping: Mapping) -> None:
+        super().__init__(session, columns, mapping)
+        crm = session.crm
+        self.flows = {name: _Flow(p) for name, p in crm.pipelines.items() if p.entity == "deal"}
+        self.default_flow = next(iter(self.flows.values()), None)
+        self.currency = crm.config.currency
+        self.decimal = mapping.decimal
+        self.stage_names = mapping.values.get("stage")
+        self.bind_time = BulkInsert.binder(session, "deals", "opened_at")
+        self.bound_times: dict[dt.datetime, Any] = {}
+        self.bind_amount = BulkInsert.binder(session, "deals", "amount")
+        self.bind_date = _cached_binder(session, "deals", "expected_close")
+
+    def convert(self, raw: Any) -> _Deal:
+        """The row as a :class:`_Deal`; raises ``_Bad`` naming the column and the reason."""
+        values, stages = self.values(raw)
+        if self.defaults:
+            for key, default in self.defaults.items():
+                values.setdefault(key, default)
+        bad = self._bad
+        deal = _Deal()
+        deal.refs = self._refs(values)
+        name = values.get("pipeline")
+        if name is None:
+            if self.default_flow is None:
+                raise bad("pipeline", "no deal pipeline is configured")
+            flow = self.default_flow
+        else:
+            found = self.flows.get(str(name))
+            if found is None:
+                known = ", ".join(self.flows) or "none"
+                raise bad("pipeline", f"{name!r} is not a deal pipeline (allowed: {known})")
+            flow = found
+        deal.flow = flow
+        deal.title = self._text(values, "title", 300)
+        amount = values.get("amount")
+        if amount is None:
+            deal.amount = _CENT * 0
+        else:
+            try:
+                deal.amount = parse_amount(amount, decimal=self.decimal)
+            except ValueError as exc:
+                raise bad("amount", str(exc)) from None
+        currency = values.get("currency")
+        if currency is None:
+            deal.currency = self.currency
+        else:
+            code = str(currency).upper()
+            if len(code) != 3 or not code.isalpha():
+                raise bad("currency", f"{currency!r} is not a 3-letter currency code")
+            deal.currency = code
+        deal.owner_id = self._login(values, "owner", active=True)
+        close_by = values.get("expected_close")
+        deal.expected_close = (
+            None if close_by is None else self._date("expected_close", close_by).date()
+        )
+        deal.external_id = self._text(values, "external_id", 200)
+        deal.given = set(values)
+        self._history(deal, values, stages, flow)
+        return deal
+
+    def _history(
+        self,
+        deal: _Deal,
+        values: dict[str, Any],
+        stages: list[tuple[str, Any, str, str]],
+        flow: _Flow,
+    ) -> None:
+        """Check the stage history and set the deal's history, status and dates."""
+        bad = self._bad
+        order = flow.order
+        # (stage, entered at, column, field) in the order the deal went through them
+        entries: list[tuple[str, dt.datetime, str, str]] = []
+        if stages:
+            parsers = self._parsers
+            ranked = []
+            for name, value, column, target in stages:
+                rank = order.get(name)
+                if rank is None:
+                    raise _Bad(
+                        column,
+                        f"{target}: {name!r} is not a stage of pipeline {flow.name!r} "
+                        f"(allowed: {flow.allowed})",
+                    )
+                parse = parsers.get(target) or self._parser(target)
+                try:
+                    when = parse(value)
+                except ValueError as exc:
+                    raise _Bad(column, f"{target}: {exc}") from None
+                ranked.append((rank, name, when, column, target))
+            if len(ranked) > 1:
+                ranked.sort()  # in the pipeline's order, whatever the columns' order
+                if ranked[-2][1] == WON:  # won and lost: both sort last
+                    raise _Bad(ranked[-1][3], f"{ranked[-1][4]}: a deal is either won or lost")
+            entries = [(name, when, column, target) for _, name, when, column, target in ranked]
+        listed = values.get("history")
+        if listed is not None:
+            if entries:
+                raise bad(
+                    "history",
+                    "give the stage history as stage.NAME columns or as a history list, not both",
+                )
+            entries = self._listed(listed, flow)
+        status = values.get("status", values.get("outcome"))
+        status_field = "status" if "status" in values else "outcome"
+        if status is not None:
+            status = str(status).lower()
+            if status not in ("open", WON, LOST):
+                raise bad(status_field, f"{values[status_field]!r} is not open, won or lost")
+        stage = values.get("stage")
+        if stage is not None:
+            stage = str(stage)
+            if stage in TERMINAL:
+                if status is not None and status != stage:
+                    raise bad("stage", f"{stage!r}, but {status_field} is {status!r}")
+                status, status_field, stage = stage, "stage", None
+            elif stage not in order:
+                raise bad(
+                    "stage",
+                    f"{stage!r} is not a stage of pipeline {flow.name!r} (allowed: {flow.allowed})",
+                )
+        opened_at = values.get("opened_at")
+        if opened_at is not None:
+            opened_at = self._date("opened_at", opened_at)
+        closed_at = values.get("closed_at")
+        if closed_at is not None:
+            closed_at = self._date("closed_at", closed_at)
+        lost_reason = self._text(values, "lost_reason", 63)
+        # the end: won or lost at closed_at, or open
+        end: tuple[str, dt.datetime, str, str] | None = None
+        if entries and entries[-1][0] in TERMINAL:
+            end = entries.pop()
+            if status is not None and status != end[0]:
+                raise bad(status_field, f"{status!r}, but {end[3]} says the deal was {end[0]}")
+            if closed_at is not None and closed_at != end[1]:
+                raise bad(
+                    "closed_at",
+                    f"{self._show(closed_at)} differs from {end[3]} ({self._show(end[1])})",
+                )
+            status, closed_at = end[0], end[1]
+        elif status in (WON, LOST):
+            if closed_at is None:
+                raise bad("closed_at", f"is required for a {status} deal")
+            end = (status, closed_at, self._column(status_field), status_field)
+        else:
+            if closed_at is not None:
+                raise bad("closed_at", "an open deal has no closed_at (give status won or lost)")
+            status = "open"
+        if lost_reason is not None and status != LOST:
+            raise bad("lost_reason", f"only a lost deal has a lost reason (this one is {status})")
+        if not entries:  # no dates: the deal entered its stage when it was opened
+            if opened_at is None:
+                if deal.external_id and end is None and stage is None and status != LOST:
+                    # no history at all: the row may only update a stored deal (see _write_deals)
+                    deal.history, deal.status, deal.opened_at = None, status, None
+                    deal.closed_at = deal.lost_reason = None
+                    return
+                raise bad("opened_at", _NO_DATE)
+            target = "stage" if stage is not None else "opened_at"
+            entries = [(stage or flow.first, opened_at, self._column(target), target)]
+        else:
+            if stage is not None and stage != entries[-1][0]:
+                raise bad("stage", f"{stage!r}, but the stage history ends in {entries[-1][0]!r}")
+            if opened_at is None:
+                opened_at = entries[0][1]
+            elif opened_at > entries[0][1]:
+                raise bad(
+                    "opened_at",
+                    f"{self._show(opened_at)} is after the deal entered {entries[0][0]!r} "
+                    f"({self._show(entries[0][1])})",
+                )
+        # the order: forward, one stage at a time unless the pipeline allows skipping
+        prev, prev_at, column, target = entries[0]
+        if prev != flow.first and not flow.allow_skip:
+            skipped = flow.pipeline.stage_names[: order.get(prev, 1) - 1]
+            if prev in TERMINAL:
+                reason = f"a deal starts in a stage of {flow.name!r}, not {prev!r}"
+            else:
+                reason = (
+                    f"pipeline {flow.name!r} does not allow skipping stages "
+                    f"({', '.join(skipped)} {'comes' if len(skipped) == 1 else 'come'} first)"
+                )
+            raise _Bad(column, f"{target}: {reason}")
+        if end is not None:
+            entries.append(end)
+        history = [(prev, prev_at)]
+        skip, reasons = flow.allow_skip, flow.reasons
+        for name, at, column, target in entries[1:]:
+            here = order[prev]
+            if prev in TERMINAL:
+                ok = False
+            elif name == LOST:
+                ok = lost_reason is not None and (reasons is None or lost_reason in reasons)
+            elif name == WON:
+                ok = skip or prev == flow.last
+            else:
+                there = order[name]
+                ok = there == here + 1 or (skip and there > here)
+            if not ok:
+                problem = flow.pipeline.move_problems(prev, name, lost_reason=lost_reason)[0]
+                if problem.field == "reason":
+                    raise bad("lost_reason", problem.reason)
+                raise _Bad(column, f"{target}: {problem.reason}")
+            if at < prev_at:
+                raise _Bad(
+                    column,
+                    f"{target}: {self._show(at)} is before the deal entered {prev!r} "
+                    f"({self._show(prev_at)})",
+                )
+            history.append((name, at))
+            prev, prev_at = name, at
+        deal.history = history
+        deal.status = status
+        deal.opened_at = opened_at
+        deal.closed_at = closed_at
+        deal.lost_reason = lost_reason
+        if (
+            stages
+            or listed is not None
+            or stage is not None
+            or "status" in values
+            or "outcome" in values
+            or "closed_at" in values
+            or lost_reason is not None
+        ):
+            deal.given.add("history")
+
+    def _listed(self, listed: Any, flow: _Flow) -> list[tuple[str, dt.datetime, str, str]]:
+        """A JSON Lines ``history``: ``[{"stage": ..., "at": ...}, ...]`` in the order lived."""
+        column = self._column("history")
+        if isinstance(listed, str):
+            try:
+                listed = json.loads(listed)
+            except ValueError:
+                raise _Bad(column, "history: is not a JSON list") from None
+        if not isinstance(listed, list):
+            raise _Bad(column, 'history: must be a list of {"stage": ..., "at": ...}')
+        entries = []
+        for i, item in enumerate(listed, start=1):
+            target = f"history.{i}"
+            if not isinstance(item, dict) or "stage" not in item or "at" not in item:
+                raise _Bad(column, f'{target}: must be an object {{"stage": ..., "at": ...}}')
+            name = str(item["stage"]).strip()
+            if self.stage_names is not None:
+                name = self.stage_names.get(name, name)
+            if name not in flow.order:
+                raise _Bad(
+                    column,
+                    f"{target}: {name!r} is not a stage of pipeline {flow.name!r} "
+                    f"(allowed: {flow.allowed})",
+                )
+            entries.append((name, self._date("history", item["at"], column=column), column, target))
+        return entries
+
+
+_NO_DATE = "is required (or stage.NAME columns: the dates the deal entered its stages)"
+_DEAL_COLUMNS = (
+    "id",
+    "client_id",
+    "pipeline",
+    "stage",
+    "status",
+    "title",
+    "amount",
+    "currency",
+    "owner_id",
+    "expected_close",
+    "lost_reason",
+    "opened_at",
+    "stage_entered_at",
+    "closed_at",
+    "created_by",
+    "external_id",
+)
+_CHANGE_COLUMNS = (
+    "entity",
+    "entity_id",
+    "pipeline",
+    "from_stage",
+    "to_stage",
+    "at",
+    "user_id",
+    "cause",
+    "note",
+)
+#: deal fields an import may change (with update_existing); the rest is history
+_DEAL_MUTABLE = ("title", "amount", "currency", "owner_id", "expected_close")
+
+
+def _write_deals(
+    s: Session,
+    batch: list[tuple[int, Any]],
+    columns: list[str],
+    mapping: Mapping,
+    update_existing: bool,
+    result: ImportResult,
+    errors: _ErrorSink,
+    path: Any,
+    *,
+    dry: bool = False,
+) -> None:
+    """Check one batch of deals and (unless ``dry``) write the good ones with their history."""
+    rows = s.__dict__.get("_import_deals")
+    if rows is None:
+        rows = s.__dict__["_import_deals"] = _DealRows(s, columns, mapping)
+    result.read += len(batch)
+    good = _convert_all(rows.convert, batch, errors, result)
+    if good:
+        good = _resolve_clients(s, good, errors, result, rows._column)
+    if not good:
+        return
+    # -- deduplicate: within the batch (by external id, else by the natural key) ...
+    by_ext: dict[str, int] = {}
+    by_key: dict[tuple[Any, ...], int] = {}
+    unique: list[_Deal] = []
+    for deal in good:
+        if deal.title is None:
+            deal.title = deal.client_name[:300]
+        key = (deal.client_id, deal.flow.name, deal.title, deal.opened_at)
+        ext = deal.external_id
+        earlier = by_ext.get(ext) if ext else by_key.get(key)
+        if earlier is not None:
+            _reject(errors, result, deal, f"duplicate of line {earlier} in this file")
+            continue
+        if ext:
+            by_ext[ext] = deal.line
+        by_key.setdefault(key, deal.line)
+        unique.append(deal)
+    # ... and against what is stored
+    stored = _existing_deals(s, unique)
+    histories = _stored_histories(
+        s, [m["id"] for d, m in zip(unique, stored, strict=True) if m and "history" in d.given]
+    )
+    inserts: list[_Deal] = []
+    updates: list[dict[str, Any]] = []
+    for deal, match in zip(unique, stored, strict=True):
+        if match is None:
+            if deal.history is None:
+                reason = f"opened_at: {_NO_DATE} for a new deal"
+                _reject(errors, result, deal, reason, rows._column("opened_at"))
+                continue
+            inserts.append(deal)
+            continue
+        fixed = []
+        if match["client_id"] != deal.client_id:
+            fixed.append("client")
+        if "pipeline" in deal.given and match["pipeline"] != deal.flow.name:
+            fixed.append("pipeline")
+        if "opened_at" in deal.given and match["opened_at"] != deal.opened_at:
+            fixed.append("opened_at")
+        if "history" in deal.given and (
+            histories.get(match["id"]) != deal.history or match["lost_reason"] != deal.lost_reason
+        ):
+            fixed.append("stage history")
+        if fixed:
+            _reject(
+                errors,
+                result,
+                deal,
+                f"deal #{match['id']} {match['title']!r} already exists and differs in "
+                f"{', '.join(fixed)}; an import does not rewrite a stored deal's client, "
+                "pipeline or stage history",
+            )
+            continue
+        values = {
+            "title": deal.title,
+            "amount": deal.amount,
+            "currency": deal.currency,
+            "owner_id": deal.owner_id,
+            "expected_close": deal.expected_close,
+        }
+        present = {"owner_id" if k == "owner" else k for k in deal.given}
+        changed = {k: values[k] for k in _DEAL_MUTABLE if k in present and values[k] != match[k]}
+        if deal.external_id and not match["external_id"]:
+            changed["external_id"] = deal.external_id
+        if not changed:
+            result.unchanged += 1
+        elif update_existing:
+            updates.append({"id": match["id"], **changed})
+        else:
+            label = ", ".join("owner" if k == "owner_id" else k for k in sorted(changed))
+            _reject(
+                errors,
+                result,
+                deal,
+                f"deal #{match['id']} {match['title']!r} already exists and differs in {label}; "
+                "use --update-existing to merge",
+            )
+    if dry:
+        return
+    _store_deals(s, rows, inserts, updates, path)
+    result.inserted += len(inserts)
+    result.updated += len(updates)
+
+
+def _existing_deals(s: Session, deals: list[_Deal]) -> list[dict[str, Any] | None]:
+    """The stored deal each row is (or None): by external id, else by the natural key.
+
+    One query by external id; one more, for the rows it did not place, by
+    client and opening time (a deal stored without an external id is the
+    same deal as a row whose external id is new, when their keys agree).
+    """
+    if not deals:
+        return []
+    t = s.table("deals")
+    cols = [
+        t.c.id,
+        t.c.external_id,
+        t.c.client_id,
+        t.c.pipeline,
+        t.c.title,
+        t.c.opened_at,
+        t.c.lost_reason,
+        *[t.c[c] for c in _DEAL_MUTABLE if c != "title"],
+    ]
+    matches: list[dict[str, Any] | None] = [None] * len(deals)
+    exts = [d.external_id for d in deals if d.external_id]
+    if exts:
+        found = {
+            r.external_id: _money(dict(r._mapping))
+            for r in s.connection.execute(select(*cols).where(_in(s, t.c.external_id, exts)))
+        }
+        if found:
+            for i, deal in enumerate(deals):
+                if deal.external_id:
+                    matches[i] = found.get(deal.external_id)
+    todo = [i for i, m in enumerate(matches) if m is None and deals[i].opened_at is not None]
+    if todo:
+        clients = sorted({deals[i].client_id for i in todo})
+        low, high = _time_range(s, "deals", "opened_at", [deals[i].opened_at for i in todo])
+        by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        query = select(*cols).where(_in(s, t.c.client_id, clients, "clients", Integer), low, high)
+        if all(deals[i].external_id for i in todo):
+            # a row with a new external id can only be a deal stored without one
+            query = query.where(t.c.external_id.is_(None))
+        for r in s.connection.execute(query.order_by(t.c.id)):
+            key = (r.client_id, r.pipeline, r.title, r.opened_at)
+            by_key.setdefault(key, []).append(_money(dict(r._mapping)))
+        for i in todo:
+            deal = deals[i]
+            candidates = by_key.get((deal.client_id, deal.flow.name, deal.title, deal.opened_at))
+            for candidate in candidates or ():
+                # a row with an external id is another deal than one stored with another
+                if not deal.external_id or not candidate["external_id"]:
+                    matches[i] = candidate
+                    break
+    return matches
+
+
+def _money(row: dict[str, Any]) -> dict[str, Any]:
+    row["amount"] = dec.Decimal(str(row["amount"])).quantize(_CENT)
+    return row
+
+
+def _stored_histories(s: Session, deal_ids: list[int]) -> dict[int, list[tuple[str, dt.datetime]]]:
+    """The stored stage history of these deals: ``{id: [(stage, entered at), ...]}``."""
+    if not deal_ids:
+        return {}
+    t = s.table("stage_changes")
+    found: dict[int, list[tuple[str, dt.datetime]]] = {}
+    query = (
+        select(t.c.entity_id, t.c.to_stage, t.c.at)
+        .where(t.c.entity == "deal", _in(s, t.c.entity_id, deal_ids, "deals", Integer))
+        .order_by(t.c.entity_id, t.c.at, t.c.id)
+    )
+    for deal_id, stage, at in s.connection.execute(query):
+        found.setdefault(deal_id, []).append((stage, at))
+    return found
+
+
+def _store_deals(
+    s: Session,
+    rows: _DealRows,
+    inserts: list[_Deal],
+    updates: list[dict[str, Any]],
+    path: Any,
+) -> None:
+    """Insert the new deals and their stage changes (two executemany), apply the merges."""
+    inserted_ids: list[int] = []
+    if inserts:
+        inserted_ids = reserve_ids(s, "deals", len(inserts))
+        bind_time, bind_amount, bind_date = rows.bind_time, rows.bind_amount, rows.bind_date
+        bound = rows.bound_times  # time -> what the driver takes: the dates of a file repeat
+        if len(bound) > 50_000:
+            bound.clear()
+        known = bound.get
+        user_id = s.user.id
+        deals: list[tuple[Any, ...]] = []
+        changes: list[tuple[Any, ...]] = []
+        append_change = changes.append
+        for deal_id, deal in zip(inserted_ids, inserts, strict=True):
+            history = deal.history
+            assert history is not None  # a row without a history only updates
+            pipeline = deal.flow.name
+            lost_reason = deal.lost_reason
+            before = None
+            at_bound = None
+            for name, at in history:
+                at_bound = known(at)
+                if at_bound is None:
+                    at_bound = bound[at] = bind_time(at)
+                append_change(
+                    (
+                        "deal",
+                        deal_id,
+                        pipeline,
+                        before,
+                        name,
+                        at_bound,
+                        user_id,
+                        "import",
+                        lost_reason if name == LOST else None,
+                    )
+                )
+                before = name
+            opened = known(deal.opened_at)
+            if opened is None:
+                opened = bound[deal.opened_at] = bind_time(deal.opened_at)
+            deals.append(
+                (
+                    deal_id,
+                    deal.client_id,
+                    pipeline,
+                    before,  # the last stage entered: won or lost when closed
+                    deal.status,
+                    deal.title,
+                    bind_amount(deal.amount),
+                    deal.currency,
+                    deal.owner_id,
+                    None if deal.expected_close is None else bind_date(deal.expected_close),
+                    lost_reason,
+                    opened,
+                    at_bound,  # when it entered that stage
+                    None if deal.closed_at is None else at_bound,  # closing is the last entry
+                    user_id,
+                    deal.external_id,
+                )
+            )
+        BulkInsert(s, "deals", _DEAL_COLUMNS, prebound=True)(deals)
+        BulkInsert(s, "stage_changes", _CHANGE_COLUMNS, prebound=True)(changes)
+    if updates:
+        t = s.table("deals")
+        for change in updates:  # merges are few; each keeps its own statement
+            s.connection.execute(
+                t.update()
+                .where(t.c.id == change["id"])
+                .values({k: v for k, v in change.items() if k != "id"})
+            )
+    _finish_batch(s, "deals", inserted_ids, [u["id"] for u in updates], path)
+
+
+# -- interactions ----------------------------------------------------------------------
+class _Interaction:
+    """One converted interaction row."""
+
+    __slots__ = (
+        "client_id",
+        "client_name",
+        "deal",
+        "deal_id",
+        "direction",
+        "duration_min",
+        "external_id",
+        "given",
+        "kind",
+        "line",
+        "note",
+        "occurred_at",
+        "outcome",
+        "raw",
+        "refs",
+        "topic",
+        "user_id",
+    )
+
+    line: int
+    raw: Any
+    refs: list[tuple[str, Any]]
+    client_id: int
+    client_name: str
+    deal: list[tuple[str, Any]]  #: the deal references: [("deal_id", 5), ...]
+    deal_id: int | None
+    kind: str
+    topic: str
+    outcome: str
+    direction: str | None
+    occurred_at: dt.datetime
+    duration_min: int | None
+    user_id: int
+    note: str | None
+    external_id: str | None
+    given: set[str]
+
+
+class _InteractionRows(_Rows):
+    """Turns raw rows into interactions, with everything looked up once per import.
+
+    Fields: the client (``client_id`` / ``client_external_id`` /
+    ``client_email``), the deal (``deal_id`` or ``deal_external_id``; it must
+    be the client's), ``kind``, ``topic`` and ``outcome`` (from the kind's
+    formal lists; ``[values.*]`` in the mapping translates the file's words),
+    ``direction`` (inbound or outbound: required where the kind says so),
+    ``occurred_at`` (or ``at``), ``duration`` (minutes, or ``duration_min``),
+    ``user`` (a login, of a former employee too; default: the acting user),
+    ``note``, ``external_id``.
+
+    Imported interactions are history: the outcome rules and the plugins'
+    ``crmkit_interaction_logged`` effects (stage moves, tasks) are not applied.
+    """
+
+    kind = "interactions"
+
+    def __init__(self, session: Session, columns: list[str], mapping: Mapping) -> None:
+        super().__init__(session, columns, mapping)
+        self.kinds = session.crm.interaction_kinds
+        self.bind_time = _cached_binder(session, "interactions", "occurred_at")
+
+    def convert(self, raw: Any) -> _Interaction:
+        """The row as an :class:`_Interaction`; raises ``_Bad`` naming the column and reason."""
+        values, _ = self.values(raw)
+        if self.defaults:
+            for key, default in self.defaults.items():
+                values.setdefault(key, default)
+        bad = self._bad
+        item = _Interaction()
+        item.refs = self._refs(values)
+        kind = values.get("kind")
+        if kind is None:
+            raise bad("kind", "is required")
+        spec = self.kinds.get(str(kind))
+        if spec is None:
+            allowed = ", ".join(sorted(self.kinds)) or "none"
+            raise bad("kind", f"unknown interaction kind {kind!r} (allowed: {allowed})")
+        item.kind = spec.name
+        for target, allowed_values in (("topic", spec.topics), ("outcome", spec.outcomes)):
+            value = values.get(target)
+            if value is None:
+                raise bad(target, "is required")
+            if value.__class__ is not str or value not in allowed_values:
+                listed = ", ".join(allowed_values) or "none"
+                raise bad(
+                    target,
+                    f"{value!r} is not a known {spec.name} {target} (allowed: {listed})",
+                )
+        item.topic, item.outcome = str(values["topic"]), str(values["outcome"])
+        direction = values.get("direction")
+        if direction is None:
+            if spec.direction_required:
+                raise bad("direction", f"is required for a {spec.name} (inbound or outbound)")
+        else:
+            direction = str(direction).lower()
+            if direction not in ("inbound", "outbound"):
+                raise bad("direction", f"{values['direction']!r} is not inbound or outbound")
+        item.direction = direction
+        target = "occurred_at" if "occurred_at" in values else "at"
+        when = values.get(target)
+        if when is None:
+            raise bad("occurred_at", "is required")
+        item.occurred_at = self._date(target, when)
+        target = "duration" if "duration" in values else "duration_min"
+        duration = values.get(target)
+        if duration is None:
+            item.duration_min = None
+        else:
+            minutes = _whole(duration, bad, target)
+            if not 0 <= minutes <= 24 * 60:
+                raise bad(target, "must be between 0 and 1440 minutes")
+            item.duration_min = minutes
+        item.user_id = self._login(values, "user", active=False)
+        note = values.get("note")
+        item.note = None if note is None else str(note)
+        item.external_id = self._text(values, "external_id", 200)
+        deal: list[tuple[str, Any]] = []
+        if "deal_id" in values:
+            deal.append(("deal_id", _whole(values["deal_id"], bad, "deal_id")))
+        if "deal_external_id" in values:
+            deal.append(("deal_external_id", str(values["deal_external_id"])))
+        item.deal = deal
+        item.deal_id = None
+        given = set(values)
+        if "at" in given:
+            given.add("occurred_at")
+        if "duration" in given:
+            given.add("duration_min")
+        item.given = given
+        return item
+
+
+_INTERACTION_COLUMNS = (
+    "id",
+    "client_id",
+    "deal_id",
+    "user_id",
+    "kind",
+    "direction",
+    "occurred_at",
+    "duration_min",
+    "topic",
+    "outcome",
+    "note",
+    "created_at",
+    "external_id",
+)
+#: what an import may change in a stored interaction (with update_existing)
+_INTERACTION_MUTABLE = (
+    "deal_id",
+    "user_id",
+    "kind",
+    "direction",
+    "occurred_at",
+    "duration_min",
+    "topic",
+    "outcome",
+    "note",
+)
+_GIVEN_AS = {"deal_id": ("deal_id", "deal_external_id"), "user_id": ("user",)}
+
+
+def _write_interactions(
+    s: Session,
+    batch: list[tuple[int, Any]],
+    columns: list[str],
+    mapping: Mapping,
+    update_existing: bool,
+    result: ImportResult,
+    errors: _ErrorSink,
+    path: Any,
+    *,
+    dry: bool = False,
+) -> None:
+    """Check one batch of interactions and (unless ``dry``) write the good ones."""
+    rows = s.__dict__.get("_import_interactions")
+    if rows is None:
+        rows = s.__dict__["_import_interactions"] = _InteractionRows(s, columns, mapping)
+    result.read += len(batch)
+    good = _convert_all(rows.convert, batch, errors, result)
+    if good:
+        good = _resolve_clients(s, good, errors, result, rows._column)
+    if good:
+        good = _resolve_deals(s, good, errors, result, rows._column)
+    if not good:
+        return
+    by_ext: dict[str, int] = {}
+    by_key: dict[tuple[Any, ...], int] = {}
+    unique: list[_Interaction] = []
+    for item in good:
+        key = _interaction_key(item)
+        ext = item.external_id
+        earlier = by_ext.get(ext) if ext else by_key.get(key)
+        if earlier is not None:
+            _reject(errors, result, item, f"duplicate of line {earlier} in this file")
+            continue
+        if ext:
+            by_ext[ext] = item.line
+        by_key.setdefault(key, item.line)
+        unique.append(item)
+    stored = _existing_interactions(s, unique)
+    inserts: list[_Interaction] = []
+    updates: list[dict[str, Any]] = []
+    for item, match in zip(unique, stored, strict=True):
+        if match is None:
+            inserts.append(item)
+            continue
+        if match["client_id"] != item.client_id:
+            _reject(
+                errors,
+                result,
+                item,
+                f"interaction #{match['id']} with external id {item.external_id!r} belongs to "
+                f"client #{match['client_id']}; an import does not move it to another client",
+            )
+            continue
+        changed = {}
+        for key in _INTERACTION_MUTABLE:
+            if not item.given.intersection(_GIVEN_AS.get(key, (key,))):
+                continue  # what the file does not give is kept
+            value = getattr(item, key)
+            if value != match[key]:
+                changed[key] = value
+        if item.external_id and not match["external_id"]:
+            changed["external_id"] = item.external_id
+        if not changed:
+            result.unchanged += 1
+        elif update_existing:
+            updates.append({"id": match["id"], **changed})
+        else:
+            label = ", ".join(
+                {"deal_id": "deal", "user_id": "user", "duration_min": "duration"}.get(k, k)
+                for k in sorted(changed)
+            )
+            _reject(
+                errors,
+                result,
+                item,
+                f"interaction #{match['id']} already exists and differs in {label}; "
+                "use --update-existing to merge",
+            )
+    if dry:
+        return
+    _store_interactions(s, rows, inserts, updates, path)
+    result.inserted += len(inserts)
+    result.updated += len(updates)
+
+
+def _interaction_key(item: _Interaction) -> tuple[Any, ...]:
+    return (item.client_id, item.kind, item.occurred_at, item.user_id, item.topic, item.outcome)
+
+
+def _resolve_deals(
+    s: Session,
+    items: list[_Interaction],
+    errors: _ErrorSink,
+    result: ImportResult,
+    column_of: Callable[[str], str],
+) -> list[_Interaction]:
+    """Give each row its ``deal_id``: the deal must exist and be the client's (one query)."""
+    ids = {v for item in items for k, v in item.deal if k == "deal_id"}
+    exts = {v for item in items for k, v in item.deal if k == "deal_external_id"}
+    if not ids and not exts:
+        return items
+    t = s.table("deals")
+    found: dict[tuple[str, Any], tuple[int, int]] = {}
+    for target, column, values, type_ in (
+        ("deal_id", t.c.id, ids, Integer),
+        ("deal_external_id", t.c.external_id, exts, String),
+    ):
+        if values:
+            query = select(t.c.id, t.c.client_id, column.label("ref")).where(
+                _in(s, column, sorted(values), target, type_)
+            )
+            for deal_id, client_id, ref in s.connection.execute(query):
+                found[(target, ref)] = (deal_id, client_id)
+    kept = []
+    for item in items:
+        try:
+            for target, value in item.deal:
+                match = found.get((target, value))
+                if match is None:
+                    what = f"id {value}" if target == "deal_id" else f"external id {value!r}"
+                    raise _Bad(column_of(target), f"{target}: no deal with {what}")
+                if match[1] != item.client_id:
+                    raise _Bad(
+                        column_of(target),
+                        f"{target}: deal #{match[0]} belongs to client #{match[1]}, "
+                        f"not to client #{item.client_id}",
+                    )
+                if item.deal_id is not None and item.deal_id != match[0]:
+                    raise _Bad(
+                        column_of(target),
+                        f"{target}: {value!r} is deal #{match[0]}, but deal_id is {item.deal_id}",
+                    )
+                item.deal_id = match[0]
+        except _Bad as bad:
+            errors.add(RowError(item.line, bad.column, bad.reason), item.raw)
+            result.rejected += 1
+            continue
+        kept.append(item)
+    return kept
+
+
+def _existing_interactions(s: Session, items: list[_Interaction]) -> list[dict[str, Any] | None]:
+    """The stored interaction each row is (or None): by external id, else by the natural key."""
+    if not items:
+        return []
+    t = s.table("interactions")
+    cols = [t.c.id, t.c.external_id, t.c.client_id, *[t.c[c] for c in _INTERACTION_MUTABLE]]
+    matches: list[dict[str, Any] | None] = [None] * len(items)
+    exts = [i.external_id for i in items if i.external_id]
+    if exts:
+        found = {
+            r.external_id: dict(r._mapping)
+            for r in s.connection.execute(select(*cols).where(_in(s, t.c.external_id, exts)))
+        }
+        if found:
+            for n, item in enumerate(items):
+                if item.external_id:
+                    matches[n] = found.get(item.external_id)
+    todo = [n for n, m in enumerate(matches) if m is None]
+    if todo:
+        clients = sorted({items[n].client_id for n in todo})
+        low, high = _time_range(
+            s, "interactions", "occurred_at", [items[n].occurred_at for n in todo]
+        )
+        by_key: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        query = select(*cols).where(_in(s, t.c.client_id, clients, "clients", Integer), low, high)
+        if all(items[n].external_id for n in todo):
+            query = query.where(t.c.external_id.is_(None))
+        for r in s.connection.execute(query.order_by(t.c.id)):
+            key = (r.client_id, r.kind, r.occurred_at, r.user_id, r.topic, r.outcome)
+            by_key.setdefault(key, []).append(dict(r._mapping))
+        for n in todo:
+            item = items[n]
+            for candidate in by_key.get(_interaction_key(item)) or ():
+                if not item.external_id or not candidate["external_id"]:
+                    matches[n] = candidate
+                    break
+    return matches
+
+
+def _store_interactions(
+    s: Session,
+    rows: _InteractionRows,
+    inserts: list[_Interaction],
+    updates: list[dict[str, Any]],
+    path: Any,
+) -> None:
+    inserted_ids: list[int] = []
+    if inserts:
+        inserted_ids = reserve_ids(s, "interactions", len(inserts))
+        bind_time = rows.bind_time
+        now = bind_time(dt.datetime.now(dt.UTC))
+        BulkInsert(s, "interactions", _INTERACTION_COLUMNS, prebound=True)(
+            [
+                (
+                    new_id,
+                    i.client_id,
+                    i.deal_id,
+                    i.user_id,
+                    i.kind,
+                    i.direction,
+                    bind_time(i.occurred_at),
+                    i.duration_min,
+                    i.topic,
+                    i.outcome,
+                    i.note,
+                    now,
+                    i.external_id,
+                )
+                for new_id, i in zip(inserted_ids, inserts, strict=True)
+            ]
+        )
+    if updates:
+        t = s.table("interactions")
+        for change in updates:
+            s.connection.execute(
+                t.update()
+                .where(t.c.id == change["id"])
+                .values({k: v for k, v in change.items() if k != "id"})
+            )
+    _finish_batch(s, "interactions", inserted_ids, [u["id"] for u in updates], path)
+
+
 class _ErrorSink:
-    """Rejected rows: the first hundred kept for the summary, all written to ``errors_to``."""
+    """Rejected rows: the first hundred kept for the summary, all written to ``errors_to``.
+
+    A batch's errors are put in line order (:meth:`flush`) before they are kept.
+    """
 
     KEEP = 100
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.first: list[RowError] = []
+        self.pending: list[tuple[RowError, Any]] = []
         self.handle: IO[str] | None = None
         self.writer: Any = None
         if path is not None:
@@ -1187,18 +2707,32 @@ class _ErrorSink:
     header: list[str] = []  #: the CSV header, to name the values of list rows
 
     def add(self, error: RowError, raw: Any) -> None:
-        if len(self.first) < self.KEEP:
-            self.first.append(error)
-        if self.writer is not None:
-            if raw.__class__ is list:
-                raw = dict(zip(self.header, raw, strict=False))
-            row = "" if raw is None else json.dumps(raw, ensure_ascii=False, default=str)
-            self.writer.writerow([error.line, error.column or "", error.reason, row])
+        self.pending.append((error, raw))
+
+    def flush(self) -> None:
+        """Keep and write the errors added since the last flush, by line."""
+        self.pending.sort(key=lambda item: item[0].line)
+        for error, raw in self.pending:
+            if len(self.first) < self.KEEP:
+                self.first.append(error)
+            if self.writer is not None:
+                if raw.__class__ is list:
+                    raw = dict(zip(self.header, raw, strict=False))
+                row = "" if raw is None else json.dumps(raw, ensure_ascii=False, default=str)
+                self.writer.writerow([error.line, error.column or "", error.reason, row])
+        self.pending = []
 
     def close(self) -> None:
+        self.flush()
         if self.handle is not None:
             self.handle.close()
 
+
+_WRITERS: dict[str, Callable[..., None]] = {
+    "clients": _write_batch,
+    "deals": _write_deals,
+    "interactions": _write_interactions,
+}
 
 __all__ = [
     "BulkInsert",
@@ -1206,6 +2740,7 @@ __all__ = [
     "Mapping",
     "RowError",
     "import_file",
+    "parse_amount",
     "parse_datetime",
     "parse_number",
     "read_rows",
