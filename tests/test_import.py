@@ -432,3 +432,42 @@ def test_cli_import(invoke, tmp_path):
     assert failed.exit_code == 2 and failed.stderr == "Error: file: e.csv is empty\n"
     missing = invoke("import", "clients", str(tmp_path / "nope.csv"))
     assert missing.exit_code == 2 and "cannot open" in missing.stderr
+
+
+def test_an_export_imports_back(crm, crm_factory, tmp_path):
+    """`crmkit export clients` then `crmkit import clients`: the same cards, requisites too."""
+    from crmkit.transfer.export import export
+
+    with crm.session() as s:
+        s.clients.create(
+            "Acme",
+            email="buy@acme.example",
+            segment="distributor",
+            params={"turnover": 12.5, "regions": ["Samara"]},
+            requisites={"tax_id": "7701"},
+            source="website",
+            external_id="A-1",
+        )
+        s.clients.create("Ivan", kind="person", phone="+7 900 000 00 00")
+        export(s, "clients", tmp_path / "clients.csv")
+    other = crm_factory("other", plugins=[Distributors()])
+    result = import_file(other, "clients", tmp_path / "clients.csv")
+    assert (result.inserted, result.rejected) == (2, 0), result.errors
+
+    def cards(deployment):
+        fields = (
+            "name",
+            "kind",
+            "email",
+            "phone",
+            "segment",
+            "params",
+            "requisites",
+            "source",
+            "external_id",
+            "created_at",
+            "stage",
+        )
+        return {n: tuple(getattr(c, f) for f in fields) for n, c in clients(deployment).items()}
+
+    assert cards(other) == cards(crm)

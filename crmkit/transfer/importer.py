@@ -76,6 +76,8 @@ CLIENT_FIELDS = (
     "source",
     "external_id",
     "created_at",
+    "params",  # a JSON object, as `crmkit export` writes it in CSV
+    "requisites",  # likewise
 )
 CONTACT_FIELDS = ("name", "position", "email", "phone")
 PREFIXES = ("param.", "requisite.", "contact.")
@@ -768,6 +770,16 @@ class _ClientRows:
     def _bad(self, target: str, reason: str) -> _Bad:
         return _Bad(self.column_of.get(target, target), reason)
 
+    def _json_object(self, name: str, value: Any) -> dict[str, Any]:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise self._bad(name, f"{name}: is not JSON") from None
+        if not isinstance(value, dict):
+            raise self._bad(name, f"{name}: must be a JSON object")
+        return value
+
     def convert(self, raw: Any) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any] | None]:
         """``(client row, the fields the file gave, contact or None)``; may raise ``_Bad``."""
         values: dict[str, Any] = {}
@@ -794,6 +806,9 @@ class _ClientRows:
                 if translations is not None:
                     value = translations.get(value, value)
             buckets[code][key] = value
+        for name, bucket in (("params", params), ("requisites", requisites)):
+            if name in values:  # a whole object in one column (JSON text in CSV)
+                bucket.update({**self._json_object(name, values.pop(name)), **bucket})
         if self.defaults:
             for key, default in self.defaults.items():
                 if key.startswith("param."):
