@@ -637,3 +637,43 @@ def test_the_external_id_migration_keeps_what_refers_to_deals(crm, clients):
     with crm.session(readonly=True) as s:
         assert s.interactions.list()[0].deal_id == deal.id
         assert s.deals.get(deal.id).external_id is None
+
+
+def test_imported_won_deals_make_customers(crm, tmp_path):
+    """A won deal makes its client a customer, at its closing time, as a live win does."""
+    from crmkit.transfer.importer import import_file
+
+    import datetime as dt
+
+    since = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)  # the clients came long before the deals
+    with crm.session() as s:
+        one = s.clients.create("One", external_id="C-1", created_at=since)
+        two = s.clients.create("Two", external_id="C-2", created_at=since)
+        s.clients.move(two.id, "lost", reason="competitor")
+        three = s.clients.create("Three", external_id="C-3", created_at=since)
+    source = tmp_path / "deals.csv"
+    source.write_text(
+        "client_external_id,pipeline,title,status,stage.ad,closed_at,external_id\n"
+        "C-1,webshop,First,won,2026-01-10,2026-01-12,D-1\n"
+        "C-1,webshop,Second,won,2026-02-10,2026-02-11,D-2\n"
+        "C-2,webshop,Back,won,2030-03-01,2030-03-02,D-3\n"
+        "C-3,webshop,Open,open,2026-03-01,,D-4\n"
+    )
+    result = import_file(crm, "deals", source)
+    assert result.inserted == 4, result.errors
+    with crm.session(readonly=True) as s:
+        assert s.clients.get(one.id).stage == "repeat_customer"
+        moves = [
+            (h.from_stage, h.to_stage, h.at.date().isoformat(), h.cause)
+            for h in s.history.of("client", one.id)
+        ]
+        assert moves == [
+            ("lead", "customer", "2026-01-12", "import"),
+            ("customer", "repeat_customer", "2026-02-11", "import"),
+        ]
+        assert s.clients.get(two.id).stage == "customer"  # a lost client who buys again
+        assert s.clients.get(three.id).stage == "lead"
+    again = import_file(crm, "deals", source)
+    assert again.unchanged == 4
+    with crm.session(readonly=True) as s:
+        assert len(s.history.of("client", one.id)) == 2

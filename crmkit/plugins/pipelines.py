@@ -180,3 +180,90 @@ def crmkit_stage_changed(session: Any, change: Any) -> None:
         session.clients.move(
             client_id, target, cause="automation", at=at, reactivate=current == "lost"
         )
+
+
+@hookimpl
+def crmkit_records_imported(
+    session: Any, kind: str, inserted_ids: list[int], updated_ids: list[int]
+) -> None:
+    """Imported won deals make their clients customers too, in bulk (one batch at a time).
+
+    The same rule as for a deal won live (:func:`crmkit_stage_changed`), applied
+    with a few queries per import batch instead of per deal: the client becomes
+    a customer at its first won deal and a repeat customer at the next, each
+    move recorded with the deal's closing time and the cause ``import``.
+    """
+    lifecycle = session.crm.lifecycle
+    if kind != "deals" or not inserted_ids or lifecycle is None:
+        return
+    names = set(lifecycle.stage_names)
+    if not {"customer", "repeat_customer"} <= names:
+        return
+    from sqlalchemy import bindparam, func, select, update
+
+    from crmkit.transfer.importer import BulkInsert
+
+    deals, clients = session.table("deals"), session.table("clients")
+    changes = session.table("stage_changes")
+    conn = session.connection
+    wins: dict[int, list[Any]] = {}
+    for client_id, closed_at in conn.execute(
+        select(deals.c.client_id, deals.c.closed_at)
+        .where(deals.c.id.in_(inserted_ids), deals.c.status == "won")
+        .order_by(deals.c.closed_at, deals.c.id)
+    ):
+        wins.setdefault(client_id, []).append(closed_at)
+    if not wins:
+        return
+    ids = list(wins)
+    state = {
+        cid: [stage, created]
+        for cid, stage, created in conn.execute(
+            select(clients.c.id, clients.c.stage, clients.c.created_at).where(clients.c.id.in_(ids))
+        )
+    }
+    last_move = dict(
+        conn.execute(
+            select(changes.c.entity_id, func.max(changes.c.at))
+            .where(changes.c.entity == "client", changes.c.entity_id.in_(ids))
+            .group_by(changes.c.entity_id)
+        ).all()
+    )
+    bought = {
+        cid
+        for (cid,) in conn.execute(
+            select(changes.c.entity_id)
+            .where(
+                changes.c.entity == "client",
+                changes.c.entity_id.in_(ids),
+                changes.c.to_stage.in_(["customer", "repeat_customer"]),
+            )
+            .distinct()
+        )
+    }
+    rows: list[tuple[Any, ...]] = []
+    final: list[dict[str, Any]] = []
+    for cid, closings in wins.items():
+        stage, created = state[cid]
+        floor = max(x for x in (last_move.get(cid), created) if x is not None)
+        for closed_at in closings:
+            again = stage in ("customer", "repeat_customer") or (stage == "lost" and cid in bought)
+            target = "repeat_customer" if again else "customer"
+            if target == stage:
+                continue
+            at = max(closed_at, floor)
+            rows.append(
+                ("client", cid, lifecycle.name, stage, target, at, session.user.id, "import")
+            )
+            stage, floor = target, at
+            bought.add(cid)
+        final.append({"cid": cid, "stage": stage})
+    BulkInsert(
+        session,
+        "stage_changes",
+        ("entity", "entity_id", "pipeline", "from_stage", "to_stage", "at", "user_id", "cause"),
+    )(rows)
+    conn.execute(
+        update(clients).where(clients.c.id == bindparam("cid")).values(stage=bindparam("stage")),
+        final,
+    )
