@@ -641,9 +641,9 @@ def test_the_external_id_migration_keeps_what_refers_to_deals(crm, clients):
 
 def test_imported_won_deals_make_customers(crm, tmp_path):
     """A won deal makes its client a customer, at its closing time, as a live win does."""
-    from crmkit.transfer.importer import import_file
-
     import datetime as dt
+
+    from crmkit.transfer.importer import import_file
 
     since = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)  # the clients came long before the deals
     with crm.session() as s:
