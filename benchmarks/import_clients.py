@@ -81,7 +81,10 @@ def init(directory: Path) -> None:
     )
 
 
-def crmkit_import(directory: Path, source: Path, batch_size: int) -> tuple[float, float, dict]:
+def crmkit_import(
+    directory: Path, source: Path, batch_size: int, kind: str = "clients"
+) -> tuple[float, float, dict]:
+    """``crmkit import KIND`` in a child process: seconds, peak memory (MB), its JSON summary."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     done = subprocess.run(
@@ -92,7 +95,7 @@ def crmkit_import(directory: Path, source: Path, batch_size: int) -> tuple[float
             "-C",
             str(directory),
             "import",
-            "clients",
+            kind,
             str(source),
             "--batch-size",
             str(batch_size),

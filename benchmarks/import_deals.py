@@ -29,16 +29,16 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import json
 import os
 import random
-import resource
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from import_clients import crmkit_import
 
 STAGES = ["qualification", "presentation", "proposal", "contract_invoice", "payment_shipment"]
 REASONS = ["price", "competitor", "no_budget", "no_need", "timing"]
@@ -108,35 +108,6 @@ def init(directory: Path, clients: int) -> None:
     )
     con.execute("COMMIT")
     con.close()
-
-
-def crmkit_import(directory: Path, source: Path, batch_size: int) -> tuple[float, float, dict]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "crmkit",
-            "-C",
-            str(directory),
-            "import",
-            "deals",
-            str(source),
-            "--batch-size",
-            str(batch_size),
-            "--no-progress",
-            "--format",
-            "json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    seconds = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    summary = json.loads(done.stdout)
-    return seconds, max(peak_kb, before) / 1024, summary
 
 
 def raw_import(directory: Path, source: Path, batch_size: int) -> float:
@@ -242,7 +213,7 @@ def main() -> None:
             raise SystemExit(f"{target} exists; remove it or use another --keep folder")
         init(target, clients)
     raw_seconds = raw_import(work / "raw", source, args.batch_size)
-    ours, peak_mb, summary = crmkit_import(work / "crmkit", source, args.batch_size)
+    ours, peak_mb, summary = crmkit_import(work / "crmkit", source, args.batch_size, "deals")
     assert summary["inserted"] == args.rows, summary
     for table, where, expected in (
         ("deals", "1 = 1", args.rows),
