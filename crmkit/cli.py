@@ -105,6 +105,17 @@ def format_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def limit_option(what: str, default: int = 50) -> Callable[[Callable[..., Any]], Any]:
+    """Add ``--limit N`` (at most N of ``what``) to a listing command."""
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, 100_000),
+        default=default,
+        show_default=True,
+        help=f"At most this many {what}.",
+    )
+
+
 def _plain(value: Any) -> Any:
     from crmkit.core.model import to_json
 
@@ -627,13 +638,7 @@ def client_update(state: State, client_id: int, fmt: str, **opts: Any) -> None:
 @click.option("--source", metavar="CHANNEL", help="Only clients from this channel.")
 @click.option("--search", metavar="TEXT", help="Only names containing TEXT.")
 @click.option("--stage", help="Only clients at this lifecycle stage (lead, customer ...).")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 100_000),
-    default=50,
-    show_default=True,
-    help="At most this many clients.",
-)
+@limit_option("clients")
 @click.option("--offset", type=click.IntRange(0), default=0, help="Skip this many clients first.")
 @format_option
 @pass_state
@@ -900,13 +905,7 @@ def interaction() -> None:
 @click.option("--kind", metavar="KIND", help="Only this kind (see 'crmkit kind list').")
 @click.option("--since", metavar="WHEN", help="Only from this moment on (a date: its start).")
 @click.option("--until", metavar="WHEN", help="Only up to this moment (a date: its end).")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 100_000),
-    default=50,
-    show_default=True,
-    help="At most this many interactions.",
-)
+@limit_option("interactions")
 @format_option
 @pass_state
 def interaction_list(state: State, kind: str | None, fmt: str, **filters: Any) -> None:
@@ -1273,13 +1272,7 @@ def _check_stage_filter(crm: CRM, pipeline_name: str | None, stage: str) -> None
 @click.option(
     "--stalled", is_flag=True, help="Only open deals longer in their stage than its SLA days."
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 100_000),
-    default=50,
-    show_default=True,
-    help="At most this many deals.",
-)
+@limit_option("deals")
 @format_option
 @pass_state
 def deal_list(
@@ -1518,13 +1511,7 @@ def task_done(state: State, task_id: int, at: str | None, force: bool, fmt: str)
 @click.option("--assignee", metavar="LOGIN", help="Only this user's tasks.")
 @click.option("--client", "client_id", type=int, metavar="ID", help="Only this client's tasks.")
 @click.option("--deal", "deal_id", type=int, metavar="ID", help="Only this deal's tasks.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 100_000),
-    default=50,
-    show_default=True,
-    help="At most this many tasks.",
-)
+@limit_option("tasks")
 @format_option
 @pass_state
 def task_list(state: State, overdue: bool, only_open: bool, fmt: str, **filters: Any) -> None:
@@ -1552,13 +1539,7 @@ def task_show(state: State, task_id: int, fmt: str) -> None:
 
 @cli.command("overdue")
 @click.option("--assignee", metavar="LOGIN", help="Only this user's tasks.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 100_000),
-    default=50,
-    show_default=True,
-    help="At most this many tasks.",
-)
+@limit_option("tasks")
 @format_option
 @pass_state
 def overdue_command(state: State, assignee: str | None, limit: int, fmt: str) -> None:
@@ -1650,13 +1631,7 @@ _invoice_status_command("cancel", "cancelled")
     help="Only invoices with this status.",
 )
 @click.option("--deal", "deal_id", type=int, metavar="ID", help="Only this deal's invoices.")
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 100_000),
-    default=50,
-    show_default=True,
-    help="At most this many invoices.",
-)
+@limit_option("invoices")
 @format_option
 @pass_state
 def invoice_list(
