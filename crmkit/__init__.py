@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Invoice,
         InvoiceStatus,
         MoveTo,
+        Potential,
         Role,
         Segment,
         StageChange,
@@ -51,12 +52,17 @@ if TYPE_CHECKING:  # pragma: no cover
         User,
     )
     from .core.pipeline import Pipeline, Rule, Stage
+    from .core.reports import Column, Period, Report, ReportQuery, ReportResult, parse_period
     from .core.store import Session
 
 _LAZY = {
     "CRM": "crmkit.core.app",
     "Session": "crmkit.core.store",
     **{name: "crmkit.core.pipeline" for name in ("Pipeline", "Rule", "Stage")},
+    **{
+        name: "crmkit.core.reports"
+        for name in ("Column", "Period", "Report", "ReportQuery", "ReportResult", "parse_period")
+    },
     **{
         name: "crmkit.core.model"
         for name in (
@@ -73,6 +79,7 @@ _LAZY = {
             "Invoice",
             "InvoiceStatus",
             "MoveTo",
+            "Potential",
             "Role",
             "Segment",
             "StageChange",
@@ -105,6 +112,7 @@ __all__ = [
     "Channel",
     "Client",
     "ClientKind",
+    "Column",
     "ConfigError",
     "Conflict",
     "Contact",
@@ -122,10 +130,15 @@ __all__ = [
     "InvoiceStatus",
     "MoveTo",
     "NotFound",
+    "Period",
     "PermissionDenied",
     "Pipeline",
     "PluginError",
+    "Potential",
     "Problem",
+    "Report",
+    "ReportQuery",
+    "ReportResult",
     "Role",
     "Rule",
     "Segment",
@@ -140,6 +153,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "parse_period",
 ]
 
 

@@ -557,6 +557,19 @@ def _params(crm: CRM, segment: str | None, pairs: Sequence[str]) -> dict[str, An
     return {k: (None if v == "" else parse_value(v, props.get(k))) for k, v in raw.items()}
 
 
+def _merged_params(
+    crm: CRM, current: dict[str, Any], segment: str | None, pairs: Sequence[str]
+) -> dict[str, Any]:
+    """``current`` with ``KEY=VALUE`` pairs set (an empty VALUE removes the key)."""
+    params = dict(current)
+    for key, value in _params(crm, segment, pairs).items():
+        if value is None:
+            params.pop(key, None)
+        else:
+            params[key] = value
+    return params
+
+
 def _client_view(s: Any, client: Any) -> dict[str, Any]:
     view = _plain(client)
     view["contacts"] = [_plain(c) for c in s.contacts.list(client.id)]
@@ -608,13 +621,8 @@ def client_update(state: State, client_id: int, fmt: str, **opts: Any) -> None:
     with state.session() as s:
         current = s.clients.get(client_id)
         if pairs:
-            params = dict(current.params)
-            for key, value in _params(crm, changes.get("segment", current.segment), pairs).items():
-                if value is None:
-                    params.pop(key, None)
-                else:
-                    params[key] = value
-            changes["params"] = params
+            segment = changes.get("segment", current.segment)
+            changes["params"] = _merged_params(crm, current.params, segment, pairs)
         if req_pairs:
             requisites = dict(current.requisites)
             for key, value in parse_pairs(req_pairs, option="requisite").items():
@@ -656,14 +664,54 @@ def client_list(state: State, fmt: str, **filters: Any) -> None:
 def client_show(state: State, client_id: int, fmt: str) -> None:
     """Show the card of client CLIENT_ID, with its contacts."""
     with state.session(readonly=True) as s:
-        view = _client_view(s, s.clients.get(client_id))
+        card = s.clients.get(client_id)
+        view = _client_view(s, card)
+        view["plugins"] = s.crm.plugins.client_details(session=s, client=card)
     if fmt == "json":
         emit(view, fmt)
         return
-    contacts = view.pop("contacts")
+    contacts, details = view.pop("contacts"), view.pop("plugins")
     emit(view, fmt, title=f"Client #{client_id}")
     if contacts:
         emit(contacts, fmt, columns=["id", "name", "position", "email", "phone"], title="Contacts")
+    for plugin, facts in details.items():
+        emit(facts, fmt, title=plugin)
+
+
+@client.command("set-params")
+@click.argument("client_id", type=int)
+@click.argument("pairs", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--segment", help="Also set the segment (default: keep it, or classify the card).")
+@click.option("--replace", is_flag=True, help="Replace all parameters instead of merging.")
+@format_option
+@pass_state
+def client_set_params(
+    state: State,
+    client_id: int,
+    pairs: tuple[str, ...],
+    segment: str | None,
+    replace: bool,
+    fmt: str,
+) -> None:
+    """Set segment parameters of client CLIENT_ID: KEY=VALUE, VALUE as JSON or text.
+
+    Parameters are merged into the card's (an empty VALUE removes one); the
+    segment's schema checks them, and the client's potential is recomputed.
+    A card without a segment gets the segment its parameters fit.
+    """
+    crm = state.crm()
+    with state.session() as s:
+        current = s.clients.get(client_id)
+        target = segment or current.segment
+        params = _merged_params(crm, {} if replace else current.params, target, pairs)
+        changes: dict[str, Any] = {"params": params}
+        if segment:
+            changes["segment"] = segment
+        updated = s.clients.update(client_id, **changes)
+        view = _client_view(s, updated)
+    if fmt == "table":
+        click.echo(f"Updated client #{updated.id} {updated.name}")
+    emit(view, fmt)
 
 
 @client.command("stage")
@@ -1684,6 +1732,7 @@ def plugin_new(name: str, directory: Path | None, description: str, fmt: str) ->
 # -- commands kept in their own modules ---------------------------------------------------
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
+from crmkit.commands import reports as _reports  # noqa: E402, F401  (report)
 
 
 # -- entry point ---------------------------------------------------------------------------------

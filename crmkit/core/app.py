@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import attrs
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, select
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
@@ -23,9 +24,10 @@ from .errors import (
     PluginError,
     ValidationError,
 )
-from .model import Channel, InteractionKind, Role, Segment, User, to_json
+from .model import Channel, InteractionKind, Role, Segment, User, best_segment, to_json
 from .pipeline import Pipeline
 from .plugins import Plugins, load_plugins
+from .reports import Report
 from .store import Session, _user
 
 
@@ -118,8 +120,14 @@ class CRM:
     # -- plugin registries -------------------------------------------------------
     @cached_property
     def segments(self) -> dict[str, Segment]:
-        """Segments registered by plugins, with ``crmkit.toml`` overrides applied."""
-        from .validation import check_schema
+        """Segments registered by plugins, with ``crmkit.toml`` overrides applied.
+
+        ``[segments.NAME]`` may replace the schema (``schema``), extend it
+        (``extend``: more ``properties`` and ``required`` fields), retitle the
+        segment (``title``); every other key is a setting merged over the
+        plugin's :attr:`Segment.settings` (tables key by key).
+        """
+        from .validation import check_schema, schema_problems
 
         found: dict[str, Segment] = {}
         for seg in self.plugins.segments():
@@ -136,16 +144,34 @@ class CRM:
             seg = found[name]
             schema = override.get("schema", seg.schema)
             check_schema(schema, field=f"segments.{name}.schema")
-            found[name] = Segment(
-                name=name,
-                title=override.get("title", seg.title),
-                schema=schema,
-                description=seg.description,
-                plugin=seg.plugin,
+            if "extend" in override:
+                schema = _extend_schema(schema, override["extend"], field=f"segments.{name}.extend")
+            settings = _deep_merge(
+                seg.settings,
+                {k: v for k, v in override.items() if k not in ("title", "schema", "extend")},
+            )
+            if seg.settings_schema is not None:
+                problems = schema_problems(seg.settings_schema, settings, prefix=f"segments.{name}")
+                if problems:
+                    first = problems[0]
+                    raise ConfigError(f"{first.field}: {first.reason}", field=first.field)
+            found[name] = attrs.evolve(
+                seg, title=override.get("title", seg.title), schema=schema, settings=settings
             )
         for seg in found.values():
             check_schema(seg.schema, field=f"segments.{seg.name}.schema")
         return found
+
+    def classify(self, params: dict[str, Any]) -> str | None:
+        """The segment that fits a card's ``params`` best, or None.
+
+        Every segment's :meth:`Segment.classify` scores the parameters; the
+        highest score above 0 wins. A tie between the best (two segments fit
+        equally well) or no fit at all leaves the card without a segment.
+        """
+        if not params:
+            return None
+        return best_segment((seg.classify(params), seg.name) for seg in self.segments.values())
 
     def segment(self, name: str) -> Segment:
         """The segment called ``name``; raises :class:`ValidationError` naming the known ones."""
@@ -249,6 +275,23 @@ class CRM:
             )
         return found[0] if found else None
 
+    @cached_property
+    def reports(self) -> dict[str, Report]:
+        """Reports registered by plugins (``crmkit_reports``), by name."""
+        from .reports import merge_reports
+
+        found: dict[str, Report] = {}
+        merge_reports(found, self.plugins.reports())
+        return found
+
+    def report(self, name: str) -> Report:
+        """The report called ``name``; the error lists the known ones."""
+        try:
+            return self.reports[name]
+        except KeyError:
+            known = ", ".join(sorted(self.reports)) or "none"
+            raise NotFound(f"no report {name!r} (known: {known})", field="report") from None
+
     @property
     def tz(self) -> Any:
         """The deployment's time zone (``[crmkit] timezone``)."""
@@ -258,7 +301,8 @@ class CRM:
 
     def refresh(self) -> None:
         """Forget what was read from plugins (after registering or unregistering one)."""
-        for name in ("segments", "channels", "interaction_kinds", "pipelines", "lifecycle"):
+        names = ("segments", "channels", "interaction_kinds", "pipelines", "lifecycle", "reports")
+        for name in names:
             self.__dict__.pop(name, None)
 
     # -- database ---------------------------------------------------------------
@@ -381,6 +425,36 @@ class CRM:
 
     def __repr__(self) -> str:
         return f"<CRM {self.config.root}>"
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``, tables key by key (other values replace)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _extend_schema(schema: dict[str, Any], extend: Any, *, field: str) -> dict[str, Any]:
+    """A segment's schema with more properties and primary fields (``[segments.NAME.extend]``)."""
+    if not isinstance(extend, dict) or set(extend) - {"properties", "required"}:
+        raise ConfigError("may hold only 'properties' and 'required'", field=field)
+    out = dict(schema)
+    out["properties"] = {**schema.get("properties", {}), **extend.get("properties", {})}
+    required = list(schema.get("required", []))
+    for name in extend.get("required", []):
+        if name not in out["properties"]:
+            raise ConfigError(
+                f"{name!r} is not a parameter of the segment", field=f"{field}.required"
+            )
+        if name not in required:
+            required.append(name)
+    if required:
+        out["required"] = required
+    return out
 
 
 def _titled(items: Any) -> dict[str, str]:

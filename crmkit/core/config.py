@@ -21,7 +21,10 @@ database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
     channels = []                 # extra marketing channels
 
     [segments.NAME]
-    schema = { ... }              # replaces a plugin segment's JSON Schema
+    title = "..."                 # retitles a plugin's segment
+    schema = { ... }              # replaces its JSON Schema
+    extend = { properties = { ... }, required = [...] }   # or adds parameters
+    # any other key is a setting of the segment (potential weights, offers ...)
 
     [interactions.KIND]           # extends a kind's formal lists (or adds a kind)
     topics = ["tender"]
@@ -106,10 +109,17 @@ CONFIG_SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": {
                 "type": "object",
-                "additionalProperties": False,
                 "properties": {
                     "title": {"type": "string"},
                     "schema": {"type": "object"},
+                    "extend": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "properties": {"type": "object"},
+                            "required": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
                 },
             },
         },

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .app import CRM
     from .model import Client, Deal, Interaction, InteractionKind, Invoice, Segment, StageChange
     from .pipeline import Pipeline, Stage
+    from .reports import Report
     from .store import Session
 
 hookspec = pluggy.HookspecMarker("crmkit")
@@ -215,4 +216,39 @@ def crmkit_records_imported(
     transaction: raising rolls the batch back. A bulk import does not call
     the per-record hooks (``crmkit_check_client``, ``crmkit_client_saved``);
     a plugin that needs to look at imported records reads them here, in bulk.
+    """
+
+
+@hookspec
+def crmkit_reports() -> list[Report] | None:
+    """Register reports.
+
+    Return :class:`crmkit.Report` objects: a name, a title, the common
+    filters the report understands (``period``, ``pipeline``, ``team``,
+    ``user``, ``segment``), its own options as JSON Schema properties, and
+    ``run(session, query) -> ReportResult``. Every report is then available as
+    :meth:`crmkit.Session.report` and as ``crmkit report NAME`` with
+    ``--format table|json|csv``. Two plugins may not register the same name.
+    """
+
+
+@hookspec
+def crmkit_client_details(session: Session, client: Client) -> dict[str, Any] | None:
+    """Add a plugin's own facts about a client to ``crmkit client show``.
+
+    Return a dict of plain JSON values (or None); it is shown under the
+    plugin's name, in the table and in ``--format json`` (``"plugins":
+    {"NAME": {...}}``). Called for one client at a time, never in listings.
+    """
+
+
+@hookspec
+def crmkit_sample_client(session: Session, client: Client, random: Any) -> None:
+    """Add a plugin's own sample data for a client of ``crmkit init --sample``.
+
+    Called after each sample client card is created and after its segment
+    and parameters are filled in, before any of its deals move, so that a
+    plugin's gates can be met (the segment plugin fills the needs card here).
+    ``random`` is the sample's seeded :class:`random.Random`: use it, and the
+    sample stays the same from run to run.
     """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attrs import field, frozen
@@ -94,6 +95,10 @@ class Client:
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     stage: str | None = None  #: the lifecycle stage (lead, qualified, customer ...)
+    #: the client's potential, 0-100, computed by its segment from a complete card
+    potential_score: float | None = None
+    #: the potential's category (``A``, ``B``, ``C`` ...), None while the card is incomplete
+    potential_category: str | None = None
 
 
 @frozen
@@ -105,12 +110,46 @@ class Channel:
 
 
 @frozen
+class Potential:
+    """A client's potential as its segment scores it: a score, a category and why.
+
+    ``factors`` holds each parameter's contribution to ``score`` (they add up
+    to it), so that the number can be explained to the manager who sees it.
+    """
+
+    score: float
+    category: str
+    factors: dict[str, float] = field(factory=dict)
+
+
+#: ``classifier(params) -> float``: how well ``params`` fit a segment, 0 (not at all) to 1
+Classifier = Callable[[Mapping[str, Any]], float]
+#: ``scorer(params, settings) -> Potential``: the potential of a complete card
+Scorer = Callable[[Mapping[str, Any], Mapping[str, Any]], Potential]
+
+
+@frozen
 class Segment:
-    """A client segment and the JSON Schema of its parameters.
+    """A client segment: the JSON Schema of its parameters, and how to read them.
 
     ``schema`` is a JSON Schema (2020-12) for ``Client.params``. Saving a card
     checks the values present; the schema's top-level ``required`` list names
     the *primary fields*, which make a card complete (:meth:`missing`).
+
+    A segment may also bring behaviour, which the core calls:
+
+    ``classifier``
+        ``classifier(params) -> float`` from 0 to 1: how well a card's
+        parameters fit this segment. A card saved without a segment gets the
+        segment whose classifier answers highest (:meth:`crmkit.CRM.classify`).
+        Without one, :meth:`classify` applies the default rule.
+    ``scorer``
+        ``scorer(params, settings) -> Potential``: the client's potential,
+        computed when the card is complete and stored with it.
+    ``settings``
+        The segment's tunables (weights, thresholds, an offer matrix ...):
+        the plugin's defaults, with ``[segments.NAME]`` from ``crmkit.toml``
+        merged over them, checked against ``settings_schema`` when given.
     """
 
     name: str
@@ -118,24 +157,78 @@ class Segment:
     schema: dict[str, Any] = field(factory=lambda: {"type": "object"})
     description: str = ""
     plugin: str | None = field(default=None, eq=False)
+    classifier: Classifier | None = field(default=None, eq=False, repr=False)
+    scorer: Scorer | None = field(default=None, eq=False, repr=False)
+    settings: dict[str, Any] = field(factory=dict)
+    settings_schema: dict[str, Any] | None = field(default=None, eq=False, repr=False)
 
     @property
     def primary_fields(self) -> list[str]:
         """The schema's top-level ``required`` list: the fields a complete card fills."""
         return list(self.schema.get("required", []))
 
+    @property
+    def properties(self) -> dict[str, Any]:
+        """The schema's top-level ``properties``: each parameter's own schema."""
+        return dict(self.schema.get("properties", {}))
+
     def validate(self, params: dict[str, Any], *, complete: bool = False) -> list[Problem]:
-        """Problems of ``params``; with ``complete`` also missing primary fields."""
+        """Problems of ``params``; with ``complete`` also missing primary fields.
+
+        Each problem names the parameter (``params.NAME``), the rule broken and,
+        for a property of the schema, what is allowed (type, range, unit).
+        """
         from .validation import schema_problems
 
         schema = self.schema
         if not complete and "required" in schema:
             schema = {k: v for k, v in schema.items() if k != "required"}
-        return schema_problems(schema, params, prefix="params")
+        return schema_problems(schema, params, prefix="params", explain=True)
 
-    def missing(self, params: dict[str, Any]) -> list[str]:
+    def missing(self, params: Mapping[str, Any]) -> list[str]:
         """Primary fields that ``params`` does not fill yet."""
         return [f for f in self.primary_fields if params.get(f) in (None, "", [])]
+
+    def classify(self, params: Mapping[str, Any]) -> float:
+        """How well ``params`` fit this segment, from 0 to 1.
+
+        Parameters that the schema refuses never fit (0). Otherwise the
+        segment's ``classifier`` decides when it has one; the default rule is
+        0 when a parameter is not one of the schema's properties, else the
+        share of the primary fields that ``params`` fill (at least 0.01, so
+        that a card with only secondary parameters still fits).
+        """
+        if not params or self.validate(dict(params)):
+            return 0.0
+        if self.classifier is not None:
+            return max(0.0, min(1.0, float(self.classifier(params))))
+        known = self.properties
+        if any(name not in known for name in params):
+            return 0.0
+        primary = self.primary_fields
+        if not primary:
+            return 1.0
+        filled = len(primary) - len(self.missing(params))
+        return max(0.01, filled / len(primary))
+
+    def potential(self, params: Mapping[str, Any]) -> Potential | None:
+        """The potential of a card with these ``params``; None while it is incomplete.
+
+        None also when the segment has no ``scorer``.
+        """
+        if self.scorer is None or self.missing(params):
+            return None
+        return self.scorer(params, self.settings)
+
+
+def best_segment(scores: Iterable[tuple[float, str]]) -> str | None:
+    """The segment name with the highest score above 0; None on a tie or no fit."""
+    ranked = sorted(scores, reverse=True)
+    if not ranked or ranked[0][0] <= 0:
+        return None
+    if len(ranked) > 1 and ranked[1][0] == ranked[0][0]:
+        return None
+    return ranked[0][1]
 
 
 _converter: cattrs.Converter | None = None
@@ -154,6 +247,16 @@ def converter() -> cattrs.Converter:
         conv.register_structure_hook(dt.date, lambda v, _: dt.date.fromisoformat(v))
         conv.register_unstructure_hook(decimal.Decimal, str)  # money stays exact in JSON
         conv.register_structure_hook(decimal.Decimal, lambda v, _: decimal.Decimal(str(v)))
+        from cattrs.gen import make_dict_unstructure_fn, override
+
+        # a segment's behaviour (functions) is not data: JSON shows its schema and settings
+        omit = override(omit=True)
+        conv.register_unstructure_hook(
+            Segment,
+            make_dict_unstructure_fn(
+                Segment, conv, classifier=omit, scorer=omit, settings_schema=omit
+            ),
+        )
         _converter = conv
     return _converter
 

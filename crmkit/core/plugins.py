@@ -227,6 +227,29 @@ class Plugins:
             session=session, invoice=invoice, old_status=old_status
         )
 
+    def reports(self) -> list[tuple[Any, str | None]]:
+        """``(report, plugin name)`` pairs (``crmkit_reports``), built-ins first."""
+        return self._with_names(self.pm.hook.crmkit_reports)
+
+    def client_details(self, session: Session, client: Client) -> dict[str, dict[str, Any]]:
+        """Each plugin's facts about ``client`` (``crmkit_client_details``), by plugin name."""
+        found: dict[str, dict[str, Any]] = {}
+        for impl in reversed(self.pm.hook.crmkit_client_details.get_hookimpls()):
+            result = impl.function(
+                **{
+                    k: v
+                    for k, v in (("session", session), ("client", client))
+                    if k in impl.argnames
+                }
+            )
+            if result:
+                found[impl.plugin_name] = dict(result)
+        return found
+
+    def sample_client(self, session: Session, client: Client, random: Any) -> None:
+        """Let every plugin add sample data for ``client``."""
+        self.pm.hook.crmkit_sample_client(session=session, client=client, random=random)
+
     def records_imported(
         self, session: Session, kind: str, inserted_ids: list[int], updated_ids: list[int]
     ) -> None:

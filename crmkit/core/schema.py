@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -110,6 +111,9 @@ def core_metadata() -> MetaData:
         Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
         Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
         Column("stage", String(63), nullable=True, index=True),  # the lifecycle stage
+        # the potential its segment computes from a complete card (see Segment.potential)
+        Column("potential_score", Float, nullable=True),
+        Column("potential_category", String(8), nullable=True, index=True),
     )
     Index("uq_clients_email_lower", func.lower(clients.c.email), unique=True)
     Table(

@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from sqlalchemy import Connection, Row, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -29,8 +30,9 @@ from .model import Client, ClientKind, Contact, Role, StageChange, Team, User
 from .schema import utcnow
 from .validation import normalize_email, normalize_phone, require_text
 
-if TYPE_CHECKING:  # pragma: no cover
+if TYPE_CHECKING:
     from .app import CRM
+    from .reports import ReportResult  # pragma: no cover
 
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")
 _MISSING: Any = object()
@@ -59,6 +61,16 @@ class Session:
     def table(self, name: str) -> Table:
         """A table by name, the core's or a plugin's."""
         return self.tables[name]
+
+    def report(self, name: str, **given: Any) -> ReportResult:
+        """Run the report ``name`` with filters (``period="2026-Q3"``) and its own options.
+
+        Raises :class:`NotFound` for an unknown report and
+        :class:`ValidationError` for a filter it does not take or a bad option.
+        """
+        report = self.crm.report(name)
+        result = report.run(self, report.query(self, **given))
+        return attrs.evolve(result, report=report.name)
 
     def record(
         self,
@@ -575,11 +587,20 @@ class Clients(_Repo):
                 params = {}
             if not isinstance(params, dict):
                 problems.append(Problem("params", "must be an object of parameter names to values"))
-            else:
+            elif "segment" not in {p.field for p in problems}:
                 segment = out.get("segment", given.get("segment"))
-                if segment and "segment" not in {p.field for p in problems}:
-                    problems.extend(crm.segment(segment).validate(params))
+                if not segment and params:  # no segment given: the one the parameters fit
+                    segment = out["segment"] = crm.classify(params)
+                potential = None
+                if segment:
+                    seg = crm.segment(segment)
+                    found = seg.validate(params)
+                    problems.extend(found)
+                    if not found:
+                        potential = seg.potential(params)
                 out["params"] = params
+                out["potential_score"] = None if potential is None else potential.score
+                out["potential_category"] = None if potential is None else potential.category
         if problems:
             raise ValidationError.from_problems(problems)
         return out
@@ -761,6 +782,8 @@ def _row_values(client: Client) -> dict[str, Any]:
         "created_at": client.created_at,
         "updated_at": client.updated_at,
         "stage": client.stage,
+        "potential_score": client.potential_score,
+        "potential_category": client.potential_category,
     }
 
 

@@ -80,8 +80,14 @@ def check_schema(schema: dict[str, Any], *, field: str = "schema") -> None:
         ) from None
 
 
-def schema_problems(schema: dict[str, Any], instance: Any, *, prefix: str = "") -> list[Problem]:
-    """Every way ``instance`` breaks ``schema``, as problems with dotted field paths."""
+def schema_problems(
+    schema: dict[str, Any], instance: Any, *, prefix: str = "", explain: bool = False
+) -> list[Problem]:
+    """Every way ``instance`` breaks ``schema``, as problems with dotted field paths.
+
+    With ``explain``, a broken value's reason ends with what its schema allows
+    (``(allowed: a number >= 0, in RUB/year)``), from :func:`describe_schema`.
+    """
     validator = _validator(json.dumps(schema, sort_keys=True))
     problems = [Problem(path, "must be a finite number") for path in _non_finite(instance, prefix)]
     for error in sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path)):
@@ -102,8 +108,71 @@ def schema_problems(schema: dict[str, Any], instance: Any, *, prefix: str = "") 
         if error.validator == "type" and error.instance is None:
             problems.append(Problem(".".join(parts) or None, "is required (it is empty)"))
             continue
-        problems.append(Problem(".".join(parts) or None, error.message))
+        reason = error.message
+        if explain and error.absolute_path:
+            allowed = describe_schema(error.schema)
+            if allowed:
+                reason = f"{reason} (allowed: {allowed})"
+        problems.append(Problem(".".join(parts) or None, reason))
     return problems
+
+
+_TYPE_WORDS = {
+    "integer": "a whole number",
+    "number": "a number",
+    "string": "text",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "an object",
+    "null": "null",
+}
+
+
+def describe_schema(schema: Any) -> str:
+    """What a property's schema allows, in words: ``a whole number >= 1, in m²``.
+
+    Reads ``type``, ``enum``/``const``, the numeric bounds, string and list
+    lengths, ``format`` and the ``x-unit`` (or ``unit``) annotation; an empty
+    string when the schema says none of these.
+    """
+    if not isinstance(schema, dict):
+        return ""
+    words: list[str] = []
+    if "const" in schema:
+        words.append(f"exactly {json.dumps(schema['const'], ensure_ascii=False)}")
+    elif "enum" in schema:
+        words.append(
+            "one of " + ", ".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+        )
+    else:
+        types = schema.get("type")
+        names = [types] if isinstance(types, str) else list(types or [])
+        if names:
+            words.append(" or ".join(_TYPE_WORDS.get(n, n) for n in names))
+    for key, op in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
+        if key in schema:
+            words.append(f"{op} {schema[key]}")
+    for key, what in (
+        ("minLength", "at least {} character"),
+        ("maxLength", "at most {} character"),
+        ("minItems", "at least {} item"),
+        ("maxItems", "at most {} item"),
+    ):
+        if key in schema:
+            words.append(what.format(schema[key]) + ("" if schema[key] == 1 else "s"))
+    if schema.get("uniqueItems"):
+        words.append("each item once")
+    if "format" in schema:
+        words.append(f"format {schema['format']}")
+    unit = schema.get("x-unit", schema.get("unit"))
+    if unit:
+        words.append(f"in {unit}")
+    return ", ".join(words).replace(", >", " >").replace(", <", " <")
 
 
 def _non_finite(value: Any, path: str) -> list[str]:

@@ -50,6 +50,7 @@ from attrs import define, field
 from sqlalchemy import Integer, String, func, select, text
 
 from crmkit.core.errors import ConfigError, ValidationError
+from crmkit.core.model import best_segment
 from crmkit.core.pipeline import LOST, TERMINAL, WON
 from crmkit.core.validation import (
     _EMAIL,
@@ -681,6 +682,8 @@ _CLIENT_COLUMNS = (
     "created_at",
     "updated_at",
     "stage",
+    "potential_score",
+    "potential_category",
 )
 _MUTABLE = (
     "kind",
@@ -706,6 +709,8 @@ _ROW = (
     "source",
     "external_id",
     "created_at",
+    "potential_score",
+    "potential_category",
 )
 _EMAIL_AT, _EXT_AT, _CREATED_AT = _ROW.index("email"), _ROW.index("external_id"), 10
 _REQUISITES_AT, _SEGMENT_AT, _PARAMS_AT, _OWNER_AT = 4, 5, 6, 7
@@ -870,6 +875,9 @@ class _ClientRows:
                 created_at = parse_datetime(created_at, self.date_format, self.tz)
             except ValueError as exc:
                 raise self._bad("created_at", f"created_at: {exc}") from None
+        if params and segment is None and self.segments:
+            segment = self._classify(params)  # the segment the parameters fit, if any
+        potential = None
         if params:
             converters = self.converters[segment] if segment is not None else {}
             for key, raw in params.items():
@@ -883,6 +891,8 @@ class _ClientRows:
                 problem = self.segments[segment].validate(params)[0]
                 parts = (problem.field or "").split(".")
                 raise self._bad(f"param.{parts[1]}" if len(parts) > 1 else "segment", str(problem))
+            if segment is not None:
+                potential = self.segments[segment].potential(params)
         return (
             kind,
             name,
@@ -895,7 +905,21 @@ class _ClientRows:
             source,
             external_id,
             created_at,
+            None if potential is None else potential.score,
+            None if potential is None else potential.category,
         )
+
+    def _classify(self, params: dict[str, Any]) -> str | None:
+        """The segment whose classifier fits ``params`` best, each read with its converters."""
+        scores = []
+        for name, seg in self.segments.items():
+            converters = self.converters[name]
+            try:
+                read = {k: converters[k](v) if k in converters else v for k, v in params.items()}
+            except ValueError:
+                continue  # a value this segment cannot read: it does not fit
+            scores.append((seg.classify(read), name))
+        return best_segment(scores)
 
     def _contact(self, contact: dict[str, Any]) -> dict[str, Any]:
         name = contact.get("name")
@@ -1217,6 +1241,7 @@ def _write_batch(
                     now_bound if created is None else bind_time(created),
                     now_bound,
                     stage,
+                    *row[_CREATED_AT + 1 :],
                 )
             )
             if contact is not None:
@@ -1226,7 +1251,12 @@ def _write_batch(
         # only what the file gives counts: a missing column never clears a field
         present = {"owner_id" if k == "owner" else k for k in given}
         present |= {k for k in ("params", "requisites") if values[k]}
+        if values["segment"] is not None and not match["segment"]:
+            present.add("segment")  # classified from the parameters
         changed = {k: values[k] for k in _MUTABLE if k in present and values[k] != match[k]}
+        if "params" in changed or "segment" in changed:
+            changed["potential_score"] = values["potential_score"]
+            changed["potential_category"] = values["potential_category"]
         if "email" in changed and changed["email"].lower() == (match["email"] or "").lower():
             del changed["email"]  # the same address in other letters
         if values["external_id"] and not match["external_id"]:
