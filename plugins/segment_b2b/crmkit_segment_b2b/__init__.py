@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from crmkit import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from crmkit import Segment
+    from crmkit import Report, Segment
 
 __version__ = "0.1.0"
 
@@ -28,3 +28,11 @@ def crmkit_segments() -> list[Segment]:
     from .segments import build_segments
 
     return build_segments(plugin=PLUGIN_NAME)
+
+
+@hookimpl
+def crmkit_reports() -> list[Report]:
+    """``abcxyz``: ABC analysis of clients by revenue, XYZ by regularity of purchases."""
+    from .abcxyz import build_report
+
+    return [build_report(plugin=PLUGIN_NAME)]
