@@ -409,7 +409,7 @@ def populate(
     has_segments = {"distributor", "corporate"} <= set(crm.segments)
     planner = _Planner(crm, random.Random(seed), now, pipeline, has_segments)
     plans, user_scripts, mailings = planner.plan(clients)
-    runner = _Runner(crm, pipeline, now)
+    runner = _Runner(crm, pipeline, now, random.Random(seed + 1))
     runner.run(plans, user_scripts, mailings)
     return runner.counts()
 
@@ -1085,8 +1085,9 @@ class _Planner:
 
 # == running: the plan through the session API ===========================================
 class _Runner:
-    def __init__(self, crm: CRM, pipeline: Pipeline, now: dt.datetime) -> None:
+    def __init__(self, crm: CRM, pipeline: Pipeline, now: dt.datetime, rng: random.Random) -> None:
         self.crm = crm
+        self.rng = rng  # for plugins' sample data (crmkit_sample_client)
         self.pipeline = pipeline
         self.now = now
         self.order = {s.name: s.order for s in pipeline.stages}
@@ -1144,6 +1145,7 @@ class _Runner:
     def _create(self, s: Session, plan: _ClientPlan) -> None:
         client = s.clients.create(**plan.card)
         plan.client_id = client.id
+        s.crm.plugins.sample_client(session=s, client=client, random=self.rng)
         self.made["clients"] += 1
         for contact in plan.contacts:
             plan.contact_ids.append(s.contacts.add(client.id, **contact).id)
@@ -1184,7 +1186,10 @@ class _Runner:
             s.deals.update(deal.id, amount=args["amount"])
         elif name == "card":
             assert script.client_id is not None
-            s.clients.update(script.client_id, segment=args["segment"], params=args["params"])
+            card = s.clients.update(
+                script.client_id, segment=args["segment"], params=args["params"]
+            )
+            s.crm.plugins.sample_client(session=s, client=card, random=self.rng)
         elif name == "move":
             assert deal is not None
             self._ensure(s, script, deal, args["stage"], at)

@@ -128,6 +128,23 @@ KINDS: list[dict[str, Any]] = [
             "no_show": "Did not come",
         },
     },
+    {
+        # a document made or signed: "moving between stages is fixed by a document"
+        "name": "document",
+        "title": "Document",
+        "topics": {
+            "proposal": "Commercial proposal",
+            "contract": "Contract",
+            "invoice": "Invoice",
+            "presentation": "Presentation",
+        },
+        "outcomes": {
+            "prepared": "Prepared",
+            "sent": "Sent",
+            "signed": "Signed",
+            "rejected": "Rejected",
+        },
+    },
 ]
 
 

@@ -1,24 +1,40 @@
-"""crmkit plugin: B2B client segments, distributors and end corporate customers.
+"""crmkit plugin: B2B client segments, their potential, the offer matrix and the proposal gate.
 
-Registers two segments through :func:`crmkit_segments`, each with the JSON
-Schema of its parameters (see :mod:`crmkit_segment_b2b.segments`). crmkit
-imports this module on every command, ``--help`` included, so it imports only
-:data:`crmkit.hookimpl` here; the segment definitions are built when the hook
-is called.
+What it registers, hook by hook (each documented in crmkit's hook reference):
+
+* :func:`crmkit_segments`: ``distributor`` and ``corporate``, each a JSON
+  Schema of parameters with a classifier, a potential scorer and settings
+  (potential weights, the offer matrix, the needs card's questions);
+* :func:`crmkit_tables` and :func:`crmkit_migrations`: the ``b2b_needs``
+  table of needs cards, on the Alembic branch ``segment_b2b``;
+* :func:`crmkit_check_stage_entry`: the proposal gate on every stage marked
+  ``proposal``;
+* :func:`crmkit_cli`: ``needs``, ``offer``, ``product`` and ``proposal``;
+* :func:`crmkit_reports`: ``abcxyz``;
+* :func:`crmkit_client_details`: potential and needs in ``crmkit client show``;
+* :func:`crmkit_sample_client`: needs cards for ``crmkit init --sample``;
+* :func:`crmkit_startup`: checks the catalogue and the offer matrix.
+
+crmkit imports this module on every command, ``--help`` included, so it
+imports only :data:`crmkit.hookimpl` here; everything else is imported when
+a hook is called.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crmkit import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
-    from crmkit import Report, Segment
+    import click
+    from sqlalchemy import MetaData
 
-__version__ = "0.1.0"
+    from crmkit import CRM, Client, Deal, Problem, Report, Segment, Session, Stage
 
-#: The plugin's name: its entry point in the ``crmkit`` group.
+__version__ = "0.2.0"
+
+#: The plugin's name: its entry point in the ``crmkit`` group and its Alembic branch.
 PLUGIN_NAME = "segment_b2b"
 
 
@@ -31,8 +47,84 @@ def crmkit_segments() -> list[Segment]:
 
 
 @hookimpl
+def crmkit_tables(metadata: MetaData) -> None:
+    """Add ``b2b_needs`` to crmkit's metadata."""
+    from .tables import define_tables
+
+    define_tables(metadata)
+
+
+@hookimpl
+def crmkit_migrations() -> list[dict[str, str]]:
+    """The ``segment_b2b`` Alembic branch, which creates ``b2b_needs``."""
+    from pathlib import Path
+
+    versions = Path(__file__).resolve().parent / "migrations" / "versions"
+    return [{"branch": PLUGIN_NAME, "path": str(versions)}]
+
+
+@hookimpl
+def crmkit_startup(crm: CRM) -> None:
+    """Refuse a deployment whose product catalogue or offer matrix is broken."""
+    from .catalog import check_catalog
+
+    check_catalog(crm)
+
+
+@hookimpl
+def crmkit_check_stage_entry(
+    session: Session, stage: Stage, deal: Deal | None, client: Client
+) -> list[Problem]:
+    """The proposal gate: a deal enters a stage marked ``proposal`` only with a complete card."""
+    if deal is None or "proposal" not in stage.marks:
+        return []
+    from .gate import proposal_problems
+
+    return proposal_problems(session, client)
+
+
+@hookimpl
+def crmkit_cli(cli: click.Group) -> None:
+    """Add ``needs``, ``offer``, ``product`` and ``proposal``."""
+    from .cli import add_commands
+
+    add_commands(cli)
+
+
+@hookimpl
 def crmkit_reports() -> list[Report]:
     """``abcxyz``: ABC analysis of clients by revenue, XYZ by regularity of purchases."""
     from .abcxyz import build_report
 
     return [build_report(plugin=PLUGIN_NAME)]
+
+
+@hookimpl
+def crmkit_client_details(session: Session, client: Client) -> dict[str, Any] | None:
+    """Potential, its factors, what the proposal gate still lacks, and the recommended SKUs."""
+    from .gate import GATED
+
+    if client.segment not in GATED:
+        return None
+    from .catalog import recommend
+    from .gate import proposal_problems
+    from .needs import get
+
+    segment = session.crm.segments.get(client.segment or "")
+    potential = segment.potential(client.params) if segment is not None else None
+    card = get(session, client.id)
+    return {
+        "potential": None if potential is None else f"{potential.score} ({potential.category})",
+        "factors": None if potential is None else potential.factors,
+        "needs": card.data if card is not None else {},
+        "proposal_gate": [str(p) for p in proposal_problems(session, client)] or "met",
+        "offer": [p.sku for p in recommend(session.crm, client)],
+    }
+
+
+@hookimpl
+def crmkit_sample_client(session: Session, client: Client, random: Any) -> None:
+    """Fill in a plausible needs card for a sample client whose card is complete."""
+    from .sample import fill_needs
+
+    fill_needs(session, client, random)

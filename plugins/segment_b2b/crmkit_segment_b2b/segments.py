@@ -15,10 +15,12 @@ another currency overrides the schema in ``crmkit.toml``
 from __future__ import annotations
 
 import copy
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from crmkit import Segment
+    from crmkit import Potential, Segment
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -129,11 +131,248 @@ CORPORATE_SCHEMA: dict[str, Any] = {
 }
 
 
+# -- classification ---------------------------------------------------------------------
+#: Parameters that only a reseller has: a client base and a sales force of its own.
+RESELLER_SIGNALS = ("own_clients", "sales_reps")
+#: Parameters that describe a company running our products itself.
+USER_SIGNALS = ("employees", "equipment")
+
+
+def classify_distributor(params: Mapping[str, Any]) -> float:
+    """How well a card fits ``distributor``; crmkit calls it only for valid parameters.
+
+    Rules, in order:
+
+    1. a card with a client base or a sales force of its own (``own_clients``
+       or ``sales_reps`` above 0) is a reseller: 1.0;
+    2. otherwise the share of the distributor's primary fields it fills
+       (``turnover`` and ``warehouse_area`` alone say "distributor" only weakly).
+    """
+    if any(_positive(params.get(name)) for name in RESELLER_SIGNALS):
+        return 1.0
+    primary = DISTRIBUTOR_SCHEMA["required"]
+    return sum(1 for name in primary if name in params) / len(primary)
+
+
+def classify_corporate(params: Mapping[str, Any]) -> float:
+    """How well a card fits ``corporate``; crmkit calls it only for valid parameters.
+
+    Rules: a company that states its headcount or the equipment it runs uses
+    our products itself: 1.0; otherwise the share of the primary fields it
+    fills (``offices`` or ``industry`` alone say "corporate" only weakly).
+    """
+    if any(params.get(name) for name in USER_SIGNALS):
+        return 1.0
+    primary = CORPORATE_SCHEMA["required"]
+    return sum(1 for name in primary if name in params) / len(primary)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+# -- potential ---------------------------------------------------------------------------
+def score(factors: Mapping[str, float], settings: Mapping[str, Any]) -> Potential:
+    """The potential from measured ``factors``, by the ``potential`` settings.
+
+    Each factor's value is put on a 0..1 scale against its reference value
+    (``scale``), by orders of magnitude: the reference or more scores 1, a
+    tenth of it 0.5, a hundredth or less 0 (``1 + log10(value / reference) / 2``),
+    so that a mid-size company is not lost beside a giant. The score is
+    ``100 * sum(weight * scaled) / sum(weights)``, and the category the first
+    of ``categories`` (highest threshold first) whose threshold the score
+    reaches, else ``C``.
+    """
+    from crmkit import Potential
+
+    conf = settings["potential"]
+    weights: Mapping[str, float] = conf["weights"]
+    total = sum(weights.values()) or 1.0
+    contributions: dict[str, float] = {}
+    for name, weight in weights.items():
+        value = max(0.0, float(factors.get(name, 0) or 0))
+        reference = float(conf["scale"][name])
+        scaled = 0.0
+        if value > 0:
+            scaled = max(0.0, min(1.0, 1 + math.log10(value / reference) / 2))
+        contributions[name] = round(100 * weight * scaled / total, 2)
+    points = round(sum(contributions.values()), 1)
+    category = "C"
+    for name, threshold in sorted(conf["categories"].items(), key=lambda kv: -kv[1]):
+        if points >= threshold:
+            category = name
+            break
+    return Potential(score=points, category=category, factors=contributions)
+
+
+def distributor_potential(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
+    """A distributor's potential: turnover, sales force, client base and warehouse."""
+    return score({name: params.get(name, 0) for name in DISTRIBUTOR_SCHEMA["required"]}, settings)
+
+
+def corporate_potential(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
+    """A corporate customer's potential: headcount, offices and units of equipment in use."""
+    units = sum(int(item.get("count", 0)) for item in params.get("equipment", []))
+    factors = {"employees": params["employees"], "offices": params["offices"], "equipment": units}
+    return score(factors, settings)
+
+
+# -- settings: the defaults a deployment overrides under [segments.NAME] -------------------
+#: The needs-and-expectations card every segment asks for: BANT.
+BANT_PROPERTIES: dict[str, Any] = {
+    "budget": {
+        "title": "Budget",
+        "description": "What the client can spend on this purchase.",
+        "type": "number",
+        "minimum": 0,
+        "x-unit": "RUB",
+    },
+    "authority": {
+        "title": "Authority",
+        "description": "The role in the decision of the person we talk to.",
+        "enum": ["decision_maker", "influencer", "user"],
+    },
+    "need": {
+        "title": "Need",
+        "description": "The problem the client wants solved, in the client's words.",
+        "type": "string",
+        "minLength": 3,
+    },
+    "timing": {
+        "title": "Timing",
+        "description": "When the client intends to buy.",
+        "enum": ["this_month", "this_quarter", "this_half_year", "this_year", "later"],
+    },
+}
+BANT = ["budget", "authority", "need", "timing"]
+
+DISTRIBUTOR_SETTINGS: dict[str, Any] = {
+    "potential": {
+        "weights": {
+            "turnover": 0.4,
+            "sales_reps": 0.2,
+            "own_clients": 0.25,
+            "warehouse_area": 0.15,
+        },
+        "scale": {
+            "turnover": 1_000_000_000,
+            "sales_reps": 50,
+            "own_clients": 2000,
+            "warehouse_area": 10_000,
+        },
+        "categories": {"A": 65, "B": 40},
+    },
+    "offers": {
+        "A": ["CRT-BULK", "DLR-KIT", "MFP-M60", "PRN-P80"],
+        "B": ["CRT-BULK", "MFP-M30", "PRN-P20"],
+        "C": ["CRT-T20", "PRN-P20"],
+    },
+    "needs": {
+        "properties": {
+            "monthly_volume": {
+                "title": "Monthly volume",
+                "description": "Units the distributor expects to buy per month.",
+                "type": "integer",
+                "minimum": 1,
+                "x-unit": "units/month",
+            },
+            "target_margin": {
+                "title": "Target margin",
+                "description": "The resale margin the distributor needs.",
+                "type": "number",
+                "minimum": 0,
+                "maximum": 100,
+                "x-unit": "%",
+            },
+            "exclusivity": {
+                "title": "Exclusivity",
+                "description": "Whether it asks for exclusive rights in its regions.",
+                "type": "boolean",
+            },
+        },
+        "required": ["monthly_volume", "target_margin"],
+    },
+}
+
+CORPORATE_SETTINGS: dict[str, Any] = {
+    "potential": {
+        "weights": {"employees": 0.4, "offices": 0.2, "equipment": 0.4},
+        "scale": {"employees": 2000, "offices": 20, "equipment": 500},
+        "categories": {"A": 65, "B": 40},
+    },
+    "offers": {
+        "A": ["SRV-MPS", "MFP-M60", "PRN-P80", "SRV-CARE"],
+        "B": ["MFP-M60", "SRV-MPS", "CRT-T20"],
+        "C": ["MFP-M30", "CRT-T20"],
+    },
+    "needs": {
+        "properties": {
+            "devices_needed": {
+                "title": "Devices needed",
+                "description": "How many devices the customer wants to buy or replace.",
+                "type": "integer",
+                "minimum": 1,
+            },
+            "service_level": {
+                "title": "Service level",
+                "description": "The support the customer expects.",
+                "enum": ["basic", "business", "premium"],
+            },
+            "pain_points": {
+                "title": "Pain points",
+                "description": "What goes wrong with the equipment today.",
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+            },
+        },
+        "required": ["devices_needed", "service_level"],
+    },
+}
+
+#: What a deployment may set under ``[segments.NAME]`` (checked when the deployment opens).
+SETTINGS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "potential": {
+            "type": "object",
+            "required": ["weights", "scale", "categories"],
+            "properties": {
+                "weights": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": {"type": "number", "minimum": 0},
+                },
+                "scale": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+                },
+                "categories": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100},
+                },
+            },
+        },
+        "offers": {
+            "type": "object",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+        },
+        "needs": {
+            "type": "object",
+            "properties": {
+                "properties": {"type": "object"},
+                "required": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+    },
+}
+
+
 def build_segments(*, plugin: str | None = None) -> list[Segment]:
     """New :class:`crmkit.Segment` objects for ``distributor`` and ``corporate``.
 
-    Each call returns fresh copies of the schemas, so that a caller changing
-    one cannot change what the next caller gets.
+    Each call returns fresh copies of the schemas and settings, so that a
+    caller changing one cannot change what the next caller gets.
     """
     from crmkit import Segment
 
@@ -144,6 +383,25 @@ def build_segments(*, plugin: str | None = None) -> list[Segment]:
             schema=copy.deepcopy(schema),
             description=schema["description"],
             plugin=plugin,
+            classifier=classifier,
+            scorer=scorer,
+            settings=copy.deepcopy(settings),
+            settings_schema=SETTINGS_SCHEMA,
         )
-        for name, schema in ((DISTRIBUTOR, DISTRIBUTOR_SCHEMA), (CORPORATE, CORPORATE_SCHEMA))
+        for name, schema, classifier, scorer, settings in (
+            (
+                DISTRIBUTOR,
+                DISTRIBUTOR_SCHEMA,
+                classify_distributor,
+                distributor_potential,
+                DISTRIBUTOR_SETTINGS,
+            ),
+            (
+                CORPORATE,
+                CORPORATE_SCHEMA,
+                classify_corporate,
+                corporate_potential,
+                CORPORATE_SETTINGS,
+            ),
+        )
     ]

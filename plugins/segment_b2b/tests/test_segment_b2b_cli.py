@@ -63,7 +63,9 @@ def test_bad_param_exits_2_with_one_line_naming_the_field(invoke: CliRun) -> Non
 def test_wrong_type_param_is_refused(invoke: CliRun) -> None:
     result = invoke("client", "add", "X", "--segment", "corporate", "--param", "employees=many")
     assert result.exit_code == 2, result
-    assert result.stderr.strip() == "Error: params.employees: 'many' is not of type 'integer'"
+    assert result.stderr.strip() == (
+        "Error: params.employees: 'many' is not of type 'integer' (allowed: a whole number >= 1)"
+    )
 
 
 def test_update_fills_primary_fields(invoke: CliRun) -> None:

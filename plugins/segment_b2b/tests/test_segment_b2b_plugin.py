@@ -14,6 +14,18 @@ import pytest
 
 from crmkit.core.plugins import load_plugins
 
+HOOKS = [
+    "crmkit_check_stage_entry",
+    "crmkit_cli",
+    "crmkit_client_details",
+    "crmkit_migrations",
+    "crmkit_reports",
+    "crmkit_sample_client",
+    "crmkit_segments",
+    "crmkit_startup",
+    "crmkit_tables",
+]
+
 
 def test_version_matches_the_distribution() -> None:
     assert crmkit_segment_b2b.__version__ == version("crmkit-segment-b2b")
@@ -27,7 +39,7 @@ def test_registered_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> 
     info = infos["segment_b2b"]
     assert info["version"] == crmkit_segment_b2b.__version__
     assert info["distribution"] == "crmkit-segment-b2b"
-    assert info["hooks"] == ["crmkit_segments"]
+    assert info["hooks"] == HOOKS
     assert info["builtin"] is False
     assert {s.name for s in plugins.segments()} >= {"distributor", "corporate"}
 
@@ -61,4 +73,4 @@ def test_crmkit_plugins_command_lists_it(tmp_path: Path) -> None:
     )
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["segment_b2b"]["version"] == crmkit_segment_b2b.__version__
-    assert rows["segment_b2b"]["hooks"] == ["crmkit_segments"]
+    assert rows["segment_b2b"]["hooks"] == HOOKS

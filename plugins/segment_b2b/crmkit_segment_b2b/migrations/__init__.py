@@ -1,0 +1,1 @@
+"""Alembic revisions of the ``segment_b2b`` branch."""
