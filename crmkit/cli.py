@@ -412,8 +412,14 @@ def db_current(state: State, fmt: str) -> None:
     """Show each branch's current and head revision."""
     status = state.crm().schema_status()
     emit(status, fmt, columns=["branch", "current", "head", "up_to_date"])
-    if not all(s["up_to_date"] for s in status) and fmt == "table":
+    if fmt == "table" and any(s["up_to_date"] is False for s in status):
         click.echo("The schema is behind: run 'crmkit db upgrade'.", err=True)
+    if fmt == "table" and any(s["up_to_date"] is None for s in status):
+        click.echo(
+            "Revisions marked (not installed) belong to plugins that are not loaded; "
+            "their tables are kept and come back into use when the plugin is.",
+            err=True,
+        )
 
 
 # -- users and teams -------------------------------------------------------------------

@@ -46,6 +46,13 @@ import pytest
 DATABASES = ("sqlite", "postgresql")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Declare the ``slow`` marker, so that a plugin's suite can use it as crmkit's does."""
+    config.addinivalue_line(
+        "markers", "slow: builds virtual environments or starts servers (-m 'not slow' skips)"
+    )
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("crmkit")
     group.addoption(

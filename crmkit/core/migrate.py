@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
 from .errors import DatabaseError, PluginError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,10 +95,29 @@ def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> N
     )
     with crm.connect() as conn:
         cfg = alembic_config(crm, conn)
+        # revisions of plugins that are no longer installed stay recorded, but out of
+        # Alembic's sight while it upgrades the others (one transaction: all or nothing)
+        detached = _unknown_revisions(cfg, conn)
+        version = sa.table("alembic_version", sa.column("version_num", sa.String))
+        if detached:
+            conn.execute(version.delete().where(version.c.version_num.in_(detached)))
         try:
             command.upgrade(cfg, target)
         except CommandError as exc:
             raise DatabaseError(f"cannot upgrade to {target!r}: {exc}", field="branch") from None
+        if detached:
+            conn.execute(version.insert(), [{"version_num": rev} for rev in detached])
+
+
+def _unknown_revisions(cfg: AlembicConfig, conn: Any) -> list[str]:
+    """Revisions recorded in the database that no installed plugin (nor the core) provides."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(cfg)
+    known = {rev.revision for rev in script.walk_revisions()}
+    current = MigrationContext.configure(conn).get_current_heads()
+    return sorted(rev for rev in current if rev not in known)
 
 
 def status(crm: CRM) -> list[dict[str, Any]]:
@@ -104,9 +125,12 @@ def status(crm: CRM) -> list[dict[str, Any]]:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    cfg = alembic_config(crm)
     with crm.connect(readonly=True) as conn:
         current = MigrationContext.configure(conn).get_current_heads()
-    script = ScriptDirectory.from_config(alembic_config(crm))
+        unknown = _unknown_revisions(cfg, conn)
+    current = tuple(rev for rev in current if rev not in unknown)
+    script = ScriptDirectory.from_config(cfg)
     # alembic_version keeps only the newest revisions; what they depend on is applied too
     applied = {r.revision for r in script.iterate_revisions(current, "base")} if current else set()
     rows = []
@@ -116,4 +140,9 @@ def status(crm: CRM) -> list[dict[str, Any]]:
         rows.append(
             {"branch": label, "current": cur, "head": lineage[0], "up_to_date": cur == lineage[0]}
         )
+    # a plugin that was removed: its tables and revision stay, and come back with it
+    rows += [
+        {"branch": "(not installed)", "current": rev, "head": None, "up_to_date": None}
+        for rev in unknown
+    ]
     return rows

@@ -221,7 +221,8 @@ def proposal_render(
         emit(made, fmt)
         return
     if out is None:
-        click.echo(made.html if as_html else made.markdown, nl=False)
+        text = made.html if as_html else made.markdown
+        click.echo(text, nl=not text.endswith("\n"))
         stream_note = True
     else:
         stream_note = False

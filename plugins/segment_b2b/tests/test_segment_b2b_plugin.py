@@ -8,6 +8,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import crmkit_segment_b2b
 import pytest
@@ -74,3 +75,87 @@ def test_crmkit_plugins_command_lists_it(tmp_path: Path) -> None:
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["segment_b2b"]["version"] == crmkit_segment_b2b.__version__
     assert rows["segment_b2b"]["hooks"] == HOOKS
+
+
+# -- removing the plugin leaves a working core ------------------------------------------------
+def test_a_deployment_works_on_after_the_plugin_is_removed(crm: Any) -> None:
+    from crmkit import CRM
+
+    with crm.session() as s:
+        s.clients.create("Vostok", segment="distributor", params={"turnover": 1e8})
+    root = crm.config.root
+    crm.close()
+    without = CRM.open(root, plugins=load_plugins(entry_points=False))
+    rows = {row["branch"]: row for row in without.schema_status()}
+    assert rows["(not installed)"]["current"] == "segment_b2b_0001"
+    assert rows["crmkit"]["up_to_date"] is True
+    without.upgrade()  # the core's branch upgrades; the plugin's revision is kept
+    with without.session() as s:
+        assert s.clients.list()[0].segment == "distributor"  # the data stays as it was
+        s.clients.create("Plain Ltd")
+    without.close()
+    again = CRM.open(root, plugins=crm.plugins)
+    assert {row["branch"]: row["up_to_date"] for row in again.schema_status()} == {
+        "crmkit": True,
+        "segment_b2b": True,
+    }
+    with again.session() as s:
+        assert s.clients.count() == 2
+    again.close()
+
+
+@pytest.mark.slow
+def test_installs_alone_on_top_of_crmkit_and_passes_its_tests(tmp_path: Path) -> None:
+    """A fresh venv: crmkit and this plugin only (not editable), then the plugin's own tests.
+
+    The proposal workflow runs from the installed console script; then the
+    plugin is uninstalled and the same deployment keeps working.
+    """
+    repo = Path(__file__).resolve().parents[3]
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRMKIT_", "VIRTUAL_ENV"))}
+    env |= {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+
+    def run(*args: str | Path, cwd: Path = tmp_path, ok: bool = True) -> Any:
+        done = subprocess.run(
+            [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        )
+        if ok:
+            assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    run(sys.executable, "-m", "venv", venv)
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--quiet"]
+    run(*pip, f"{repo}[test]", repo / "plugins" / "segment_b2b")
+    crmkit = venv / "bin" / "crmkit"
+    listed = json.loads(run(crmkit, "plugins", "--format", "json").stdout)
+    assert [row["name"] for row in listed] == ["segment_b2b"]  # alone: no email_tracking
+
+    tests = run(
+        venv / "bin" / "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+        "--rootdir", repo / "plugins" / "segment_b2b", repo / "plugins" / "segment_b2b" / "tests",
+        cwd=repo / "plugins" / "segment_b2b",
+    )  # fmt: skip
+    assert " passed" in tests.stdout and "failed" not in tests.stdout
+
+    home = tmp_path / "crm"
+    run(crmkit, "init", home)
+    cid = json.loads(
+        run(
+            crmkit, "-C", home, "client", "add", "Vostok", "--param", "own_clients=300",
+            "--param", "turnover=2e8", "--param", "sales_reps=9", "--param", "warehouse_area=900",
+            "--format", "json",
+        ).stdout
+    )["id"]  # fmt: skip
+    refused = run(crmkit, "-C", home, "proposal", "render", cid, ok=False)
+    assert refused.returncode == 2 and "needs.budget" in refused.stderr
+    needs = ["budget=1e6", "authority=decision_maker", "need=Printers", "timing=this_month"]
+    run(crmkit, "-C", home, "needs", "set", cid, *needs, "monthly_volume=10", "target_margin=15")
+    assert "Cartridge wholesale pallet" in run(crmkit, "-C", home, "proposal", "render", cid).stdout
+
+    run(venv / "bin" / "python", "-m", "pip", "uninstall", "--yes", "--quiet", "crmkit-segment-b2b")
+    assert json.loads(run(crmkit, "plugins", "--format", "json").stdout) == []
+    run(crmkit, "-C", home, "db", "upgrade")
+    shown = json.loads(run(crmkit, "-C", home, "client", "show", cid, "--format", "json").stdout)
+    assert shown["segment"] == "distributor" and shown["plugins"] == {}
+    assert run(crmkit, "-C", home, "offer", cid, ok=False).returncode == 2  # no such command
