@@ -15,9 +15,17 @@ What it registers, hook by hook (each documented in crmkit's hook reference):
 * :func:`crmkit_sample_client`: needs cards for ``crmkit init --sample``;
 * :func:`crmkit_startup`: checks the catalogue and the offer matrix.
 
+The Python API is importable from the package itself, loaded on first use::
+
+    from crmkit_segment_b2b import render_proposal, set_needs
+
+    with crm.session(as_user="anna") as s:
+        set_needs(s, client_id, {"budget": 1_000_000, "authority": "decision_maker", ...})
+        proposal = render_proposal(s, client_id, deal_id=deal_id)
+
 crmkit imports this module on every command, ``--help`` included, so it
 imports only :data:`crmkit.hookimpl` here; everything else is imported when
-a hook is called.
+a hook is called or an API name is first used.
 """
 
 from __future__ import annotations
@@ -36,6 +44,34 @@ __version__ = "0.2.0"
 
 #: The plugin's name: its entry point in the ``crmkit`` group and its Alembic branch.
 PLUGIN_NAME = "segment_b2b"
+
+#: The Python API: name -> (module, attribute), imported on first use.
+_API = {
+    "render_proposal": ("proposal", "render"),
+    "Proposal": ("proposal", "Proposal"),
+    "ProposalRefused": ("proposal", "ProposalRefused"),
+    "proposal_problems": ("gate", "proposal_problems"),
+    "set_needs": ("needs", "set_needs"),
+    "get_needs": ("needs", "get"),
+    "missing_needs": ("needs", "missing"),
+    "needs_schema": ("needs", "needs_schema"),
+    "NeedsCard": ("needs", "NeedsCard"),
+    "recommend": ("catalog", "recommend"),
+    "products": ("catalog", "products"),
+    "Product": ("catalog", "Product"),
+}
+__all__ = ["PLUGIN_NAME", "__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{target[0]}"), target[1])
+    globals()[name] = value
+    return value
 
 
 @hookimpl

@@ -19,8 +19,10 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from crmkit.core.model import Potential
+
 if TYPE_CHECKING:  # pragma: no cover
-    from crmkit import Potential, Segment
+    from crmkit import Segment
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -183,20 +185,22 @@ def score(factors: Mapping[str, float], settings: Mapping[str, Any]) -> Potentia
     of ``categories`` (highest threshold first) whose threshold the score
     reaches, else ``C``.
     """
-    from crmkit import Potential
-
     conf = settings["potential"]
     weights: Mapping[str, float] = conf["weights"]
+    scale: Mapping[str, float] = conf["scale"]
     total = sum(weights.values()) or 1.0
     contributions: dict[str, float] = {}
+    points = 0.0
     for name, weight in weights.items():
-        value = max(0.0, float(factors.get(name, 0) or 0))
-        reference = float(conf["scale"][name])
+        value = factors.get(name) or 0
         scaled = 0.0
-        if value > 0:
-            scaled = max(0.0, min(1.0, 1 + math.log10(value / reference) / 2))
-        contributions[name] = round(100 * weight * scaled / total, 2)
-    points = round(sum(contributions.values()), 1)
+        if value > 0:  # bulk imports score every row: plain arithmetic, no helpers
+            scaled = 1 + math.log10(value / scale[name]) / 2
+            scaled = 0.0 if scaled < 0 else 1.0 if scaled > 1 else scaled
+        share = 100 * weight * scaled / total
+        points += share
+        contributions[name] = round(share, 2)
+    points = round(points, 1)
     category = "C"
     for name, threshold in sorted(conf["categories"].items(), key=lambda kv: -kv[1]):
         if points >= threshold:

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crmkit_segment_b2b.needs import get, needs_schema, set_needs
-from crmkit_segment_b2b.proposal import ProposalRefused, render
+from crmkit_segment_b2b import ProposalRefused, needs_schema, set_needs
+from crmkit_segment_b2b import get_needs as get
+from crmkit_segment_b2b import render_proposal as render
 
 from crmkit import CRM, Session, ValidationError
 
