@@ -433,3 +433,123 @@ def test_crmkit_records_imported(crm, register_plugin, tmp_path):
         import_file(crm, "clients", tmp_path / "veto.csv")
     with crm.session() as s:
         assert s.clients.count(search="Veto") == 0  # the batch was rolled back
+
+
+# -- reports, client details, sample data --------------------------------------------------
+def test_crmkit_reports(crm_factory):
+    from crmkit import Column, Report, ReportResult
+
+    seen = []
+
+    def run(session, query):
+        seen.append((session.user.login, query.period.label, query.options))
+        count = session.clients.count()
+        return ReportResult(
+            report="ignored: the core names the result",
+            columns=[Column("clients", "Clients", "integer")],
+            rows=[{"clients": count}],
+            period=query.period,
+        )
+
+    class Plugin:
+        @hookimpl
+        def crmkit_reports(self):
+            return [
+                Report(
+                    "count",
+                    "Client count",
+                    run=run,
+                    options={"round": {"type": "boolean", "default": False}},
+                )
+            ]
+
+    crm = crm_factory(plugins=[("counting", Plugin())])
+    assert crm.report("count").title == "Client count"
+    with crm.session() as s:
+        s.clients.create("Acme")
+        result = s.report("count", period="2026-Q3")
+    assert result.report == "count"
+    assert result.rows == [{"clients": 1}]
+    assert seen == [("admin", "2026-Q3", {"round": False})]
+
+    class Twice:
+        @hookimpl
+        def crmkit_reports(self):
+            return [Report("count", "Again", run=run)]
+
+    crm.plugins.register(Twice())
+    crm.refresh()
+    with pytest.raises(crmkit.PluginError, match="registered twice"):
+        _ = crm.reports
+
+
+def test_crmkit_client_details(crm, register_plugin, invoke):
+    class Orders:
+        @hookimpl
+        def crmkit_client_details(self, session, client):
+            return {"orders": session.clients.count(), "name": client.name}
+
+    class Quiet:
+        @hookimpl
+        def crmkit_client_details(self, client):  # only what it needs; nothing to say
+            return None
+
+    register_plugin(Orders(), name="orders")
+    register_plugin(Quiet(), name="quiet")
+    with crm.session() as s:
+        acme = s.clients.create("Acme")
+        assert crm.plugins.client_details(session=s, client=acme) == {
+            "orders": {"orders": 1, "name": "Acme"}
+        }
+    shown = invoke("client", "show", str(acme.id), json=True)
+    assert shown.exit_code == 0, shown
+    assert shown.json["plugins"] == {"orders": {"orders": 1, "name": "Acme"}}
+    table = invoke("client", "show", str(acme.id))
+    assert table.exit_code == 0, table
+    assert "orders" in table.output and "quiet" not in table.output
+    listed = invoke("client", "list", json=True)
+    assert "plugins" not in listed.json[0]  # never in listings
+
+    class Broken:
+        @hookimpl
+        def crmkit_client_details(self):
+            return ["not", "a", "dict"]
+
+    register_plugin(Broken(), name="broken")
+    refused = invoke("client", "show", str(acme.id))
+    assert refused.exit_code == 7
+    assert "broken: crmkit_client_details must return a dict or None" in refused.stderr
+
+
+def test_crmkit_sample_client(crm, register_plugin):
+    import inspect
+    import random
+
+    from crmkit.core import hookspecs
+
+    # the contract the sample data generator calls (crmkit init --sample)
+    params = inspect.signature(hookspecs.crmkit_sample_client).parameters
+    assert list(params) == ["session", "client", "random"]
+    calls = []
+
+    class Sample:
+        @hookimpl
+        def crmkit_sample_client(self, session, client, random):
+            calls.append((session.user.login, client.name, random.random()))
+            session.record("client", client.id, "sample_filled", {"plugin": "sample"})
+
+    class Partial:
+        @hookimpl
+        def crmkit_sample_client(self, client):  # a plugin may take only what it needs
+            calls.append(("partial", client.name, None))
+
+    register_plugin(Sample(), name="sample")
+    register_plugin(Partial(), name="partial")
+    with crm.session() as s:
+        acme = s.clients.create("Acme")
+        assert crm.plugins.sample_client(session=s, client=acme, random=random.Random(1)) is None
+        crm.plugins.sample_client(session=s, client=acme, random=random.Random(1))
+        assert [e["action"] for e in s.events("client", acme.id)][-1] == "sample_filled"
+    assert sorted(c[0] for c in calls) == ["admin", "admin", "partial", "partial"]
+    drawn = [c[2] for c in calls if c[0] == "admin"]
+    assert drawn[0] == drawn[1] == random.Random(1).random()  # the seeded generator is used

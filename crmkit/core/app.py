@@ -143,18 +143,24 @@ class CRM:
                 )
             seg = found[name]
             schema = override.get("schema", seg.schema)
-            check_schema(schema, field=f"segments.{name}.schema")
+            if "schema" in override:  # the deployment's schema: its fault is the file's
+                _check_config_schema(schema, field=f"segments.{name}.schema")
+            else:
+                check_schema(schema, field=f"segments.{name}.schema")
             if "extend" in override:
-                schema = _extend_schema(schema, override["extend"], field=f"segments.{name}.extend")
+                where = f"segments.{name}.extend"
+                schema = _extend_schema(schema, override["extend"], field=where)
+                _check_config_schema(schema, field=where)
             settings = _deep_merge(
                 seg.settings,
                 {k: v for k, v in override.items() if k not in ("title", "schema", "extend")},
             )
             if seg.settings_schema is not None:
                 problems = schema_problems(seg.settings_schema, settings, prefix=f"segments.{name}")
+                if len(problems) == 1:
+                    raise ConfigError(problems[0].reason, field=problems[0].field)
                 if problems:
-                    first = problems[0]
-                    raise ConfigError(f"{first.field}: {first.reason}", field=first.field)
+                    raise ConfigError("; ".join(str(p) for p in problems))
             found[name] = attrs.evolve(
                 seg, title=override.get("title", seg.title), schema=schema, settings=settings
             )
@@ -436,6 +442,18 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _check_config_schema(schema: Any, *, field: str) -> None:
+    """Raise :class:`ConfigError` unless ``schema``, from ``crmkit.toml``, is a JSON Schema."""
+    from .validation import check_schema
+
+    if not isinstance(schema, dict):
+        raise ConfigError("must be a table (a JSON Schema)", field=field)
+    try:
+        check_schema(schema, field=field)
+    except ValidationError as exc:
+        raise ConfigError(exc.message, field=exc.field) from None
 
 
 def _extend_schema(schema: dict[str, Any], extend: Any, *, field: str) -> dict[str, Any]:

@@ -189,7 +189,7 @@ class Segment:
         """Primary fields that ``params`` does not fill yet."""
         return [f for f in self.primary_fields if params.get(f) in (None, "", [])]
 
-    def classify(self, params: Mapping[str, Any]) -> float:
+    def classify(self, params: Mapping[str, Any], *, checked: bool = False) -> float:
         """How well ``params`` fit this segment, from 0 to 1.
 
         Parameters that the schema refuses never fit (0). Otherwise the
@@ -197,8 +197,11 @@ class Segment:
         0 when a parameter is not one of the schema's properties, else the
         share of the primary fields that ``params`` fill (at least 0.01, so
         that a card with only secondary parameters still fits).
+
+        ``checked`` tells that the caller has already found ``params`` valid
+        under the schema (the bulk import does, with a compiled validator).
         """
-        if not params or self.validate(dict(params)):
+        if not params or (not checked and self.validate(dict(params))):
             return 0.0
         if self.classifier is not None:
             return max(0.0, min(1.0, float(self.classifier(params))))

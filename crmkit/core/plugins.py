@@ -232,16 +232,27 @@ class Plugins:
         return self._with_names(self.pm.hook.crmkit_reports)
 
     def client_details(self, session: Session, client: Client) -> dict[str, dict[str, Any]]:
-        """Each plugin's facts about ``client`` (``crmkit_client_details``), by plugin name."""
+        """Each plugin's facts about ``client`` (``crmkit_client_details``), by plugin name.
+
+        A plugin that returns anything else than a dict or None is a :class:`PluginError`.
+        """
         found: dict[str, dict[str, Any]] = {}
         for impl in reversed(self.pm.hook.crmkit_client_details.get_hookimpls()):
-            result = impl.function(
+            result: Any = impl.function(
                 **{
                     k: v
                     for k, v in (("session", session), ("client", client))
                     if k in impl.argnames
                 }
             )
+            if result is None:
+                continue
+            if not isinstance(result, Mapping):
+                raise PluginError(
+                    f"{impl.plugin_name}: crmkit_client_details must return a dict or None, "
+                    f"not {result!r}",
+                    field="client_details",
+                )
             if result:
                 found[impl.plugin_name] = dict(result)
         return found

@@ -230,6 +230,10 @@ class Report:
             session.crm.segment(filters["segment"])
         if filters.get("pipeline") is not None:
             session.crm.pipeline(filters["pipeline"])
+        if filters.get("user") is not None:
+            session.users.get(filters["user"], field="user")
+        if filters.get("team") is not None:
+            session.teams.get(filters["team"], field="team")
         return ReportQuery(
             period=parsed,
             pipeline=filters.get("pipeline"),
@@ -240,8 +244,18 @@ class Report:
         )
 
 
+#: names a report option may not have: the command line's own options of ``crmkit report NAME``
+RESERVED_OPTIONS = frozenset({"format", "fmt", "out", "help"})
+
+
 def merge_reports(found: Mapping[str, Report], items: list[tuple[Any, str | None]]) -> None:
-    """Add plugin reports to ``found``; a name registered twice is a plugin error."""
+    """Add plugin reports to ``found``; a name registered twice is a plugin error.
+
+    So is a report that breaks the contract: a filter that is not one of
+    :data:`FILTERS`, an option named like a filter or like an option of
+    ``crmkit report NAME`` (:data:`RESERVED_OPTIONS`), options that are not
+    JSON Schema properties, or a ``default_period`` that is not a period.
+    """
     from .errors import PluginError
 
     for report, plugin in items:
@@ -250,6 +264,31 @@ def merge_reports(found: Mapping[str, Report], items: list[tuple[Any, str | None
                 f"{plugin}: crmkit_reports must return crmkit.Report objects, not {report!r}",
                 field="reports",
             )
+        problem = _contract_problem(report)
+        if problem:
+            raise PluginError(f"{plugin}: report {report.name!r}: {problem}", field="reports")
         if report.name in found:
             raise PluginError(f"report {report.name!r} is registered twice", field="reports")
         found[report.name] = report  # type: ignore[index]
+
+
+def _contract_problem(report: Report) -> str | None:
+    from .validation import check_schema
+
+    unknown = [name for name in report.filters if name not in FILTERS]
+    if unknown:
+        return f"unknown filter {unknown[0]!r} (filters: {', '.join(FILTERS)})"
+    if not isinstance(report.options, dict):
+        return "options must be a dict of JSON Schema properties"
+    for name, spec in report.options.items():
+        if name in FILTERS or name in RESERVED_OPTIONS:
+            return f"option {name!r} has the name of a filter or of a command-line option"
+        if not isinstance(spec, dict):
+            return f"option {name!r} must be a JSON Schema (a dict), not {spec!r}"
+    try:
+        check_schema({"type": "object", "properties": report.options}, field="options")
+        if report.default_period is not None:
+            parse_period(report.default_period, field="default_period")
+    except (ValidationError, TypeError, ValueError) as exc:
+        return str(exc)
+    return None

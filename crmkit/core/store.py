@@ -65,8 +65,9 @@ class Session:
     def report(self, name: str, **given: Any) -> ReportResult:
         """Run the report ``name`` with filters (``period="2026-Q3"``) and its own options.
 
-        Raises :class:`NotFound` for an unknown report and
-        :class:`ValidationError` for a filter it does not take or a bad option.
+        Raises :class:`NotFound` for an unknown report, user or team, and
+        :class:`ValidationError` for a filter it does not take, a bad period,
+        an unknown segment or pipeline, or a bad option.
         """
         report = self.crm.report(name)
         result = report.run(self, report.query(self, **given))
@@ -441,11 +442,12 @@ class Clients(_Repo):
         unknown = set(changes) - (set(self.fields) - {"created_at"})
         if unknown:
             raise ValidationError("is not a field that can be updated", field=sorted(unknown)[0])
+        classify = "segment" not in changes  # a segment given, even None, is the caller's
         if "segment" in changes and "params" not in changes:
             changes["params"] = current.params  # re-check them against the new segment
         if "params" in changes and "segment" not in changes:
             changes["segment"] = current.segment
-        values = self._validate(changes)
+        values = self._validate(changes, classify=classify)
         old = _row_values(current)
         diff = {k: v for k, v in values.items() if old.get(k) != v}
         if not diff:
@@ -558,8 +560,13 @@ class Clients(_Repo):
             q = q.where(func.lower(self.t.c.name).contains(search.lower(), autoescape=True))
         return q
 
-    def _validate(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Normalise the given fields; every problem is reported at once."""
+    def _validate(self, given: dict[str, Any], *, classify: bool = True) -> dict[str, Any]:
+        """Normalise the given fields; every problem is reported at once.
+
+        With ``classify``, parameters given without a segment get the segment
+        they fit (:meth:`crmkit.CRM.classify`); an update that clears the
+        segment on purpose passes False.
+        """
         crm = self.s.crm
         out: dict[str, Any] = {}
         problems: list[Problem] = []
@@ -589,7 +596,7 @@ class Clients(_Repo):
                 problems.append(Problem("params", "must be an object of parameter names to values"))
             elif "segment" not in {p.field for p in problems}:
                 segment = out.get("segment", given.get("segment"))
-                if not segment and params:  # no segment given: the one the parameters fit
+                if not segment and params and classify:  # the segment the parameters fit
                     segment = out["segment"] = crm.classify(params)
                 potential = None
                 if segment:

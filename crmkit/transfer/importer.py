@@ -714,6 +714,8 @@ _ROW = (
 )
 _EMAIL_AT, _EXT_AT, _CREATED_AT = _ROW.index("email"), _ROW.index("external_id"), 10
 _REQUISITES_AT, _SEGMENT_AT, _PARAMS_AT, _OWNER_AT = 4, 5, 6, 7
+#: where a row that names no segment keeps its parameters as read, before classification
+_RAW_PARAMS = " params as read"
 
 
 class _ClientRows:
@@ -877,22 +879,9 @@ class _ClientRows:
                 raise self._bad("created_at", f"created_at: {exc}") from None
         if params and segment is None and self.segments:
             segment = self._classify(params)  # the segment the parameters fit, if any
-        potential = None
-        if params:
-            converters = self.converters[segment] if segment is not None else {}
-            for key, raw in params.items():
-                convert = converters.get(key)
-                if convert is not None:
-                    try:
-                        params[key] = convert(raw)
-                    except ValueError as exc:
-                        raise self._bad(f"param.{key}", f"params.{key}: {exc}") from None
-            if segment is not None and not self.checks[segment](params):
-                problem = self.segments[segment].validate(params)[0]
-                parts = (problem.field or "").split(".")
-                raise self._bad(f"param.{parts[1]}" if len(parts) > 1 else "segment", str(problem))
-            if segment is not None:
-                potential = self.segments[segment].potential(params)
+            if segment is not None:  # a stored client's own segment may read them otherwise
+                values[_RAW_PARAMS] = dict(params)
+        params, potential = self.read_params(params, segment)
         return (
             kind,
             name,
@@ -909,6 +898,28 @@ class _ClientRows:
             None if potential is None else potential.category,
         )
 
+    def read_params(
+        self, params: dict[str, Any], segment: str | None, *, convert: bool = True
+    ) -> tuple[dict[str, Any], Any]:
+        """``(params, potential)``: ``params`` read with ``segment``'s converters (in place)
+        and checked against its schema, and the potential they give; may raise ``_Bad``."""
+        if segment is None:
+            return params, None
+        if params:
+            converters = self.converters[segment] if convert else {}
+            for key, raw in params.items():
+                converter = converters.get(key)
+                if converter is not None:
+                    try:
+                        params[key] = converter(raw)
+                    except ValueError as exc:
+                        raise self._bad(f"param.{key}", f"params.{key}: {exc}") from None
+            if not self.checks[segment](params):
+                problem = self.segments[segment].validate(params)[0]
+                parts = (problem.field or "").split(".")
+                raise self._bad(f"param.{parts[1]}" if len(parts) > 1 else "segment", str(problem))
+        return params, self.segments[segment].potential(params)
+
     def _classify(self, params: dict[str, Any]) -> str | None:
         """The segment whose classifier fits ``params`` best, each read with its converters."""
         scores = []
@@ -918,7 +929,8 @@ class _ClientRows:
                 read = {k: converters[k](v) if k in converters else v for k, v in params.items()}
             except ValueError:
                 continue  # a value this segment cannot read: it does not fit
-            scores.append((seg.classify(read), name))
+            if self.checks[name](read):  # the compiled validator: the same verdict, faster
+                scores.append((seg.classify(read, checked=True), name))
         return best_segment(scores)
 
     def _contact(self, contact: dict[str, Any]) -> dict[str, Any]:
@@ -1248,6 +1260,12 @@ def _write_batch(
                 contacts.append((len(inserts) - 1, contact))
             continue
         values = dict(zip(_ROW, row, strict=True))
+        try:
+            _stored_segment(rows, values, given, match)
+        except _Bad as bad:
+            errors.add(RowError(line, bad.column, bad.reason), None)
+            result.rejected += 1
+            continue
         # only what the file gives counts: a missing column never clears a field
         present = {"owner_id" if k == "owner" else k for k in given}
         present |= {k for k in ("params", "requisites") if values[k]}
@@ -1282,6 +1300,32 @@ def _write_batch(
     _store(s, inserts, contacts, updates, rows.lifecycle, now, path)
     result.inserted += len(inserts)
     result.updated += len(updates)
+
+
+def _stored_segment(
+    rows: _ClientRows, values: dict[str, Any], given: dict[str, Any], match: dict[str, Any]
+) -> None:
+    """Fix a row's segment, parameters and potential in ``values`` for the stored ``match``.
+
+    A row that names no segment but gives parameters is the stored client's
+    segment when it has one: the parameters are read and checked under that
+    segment, not under the one they would be classified into. A row that
+    changes the segment but gives no parameters has the stored parameters
+    checked (and scored) under the new segment.
+    """
+    stored = match["segment"]
+    if stored and "segment" not in given and values["params"]:
+        raw = given.get(_RAW_PARAMS, values["params"])
+        params, potential = rows.read_params(dict(raw), stored)
+        values["segment"], values["params"] = stored, params
+    elif "segment" in given and not values["params"] and match["params"]:
+        if values["segment"] == stored:
+            return
+        _, potential = rows.read_params(dict(match["params"]), values["segment"], convert=False)
+    else:
+        return
+    values["potential_score"] = None if potential is None else potential.score
+    values["potential_category"] = None if potential is None else potential.category
 
 
 def _existing_clients(
