@@ -542,7 +542,7 @@ CALL = ["log", "call", "1", "--direction", "outbound"]
             ["log", "fax", "1", "--topic", "x", "--outcome", "y"],
             2,
             "Error: kind: unknown interaction kind 'fax'",
-            ["allowed: call, campaign, email, event, letter, mailing, meeting"],
+            ["allowed: call, campaign, document, email, event, letter, mailing, meeting"],
             id="unknown-kind",
         ),
         pytest.param(

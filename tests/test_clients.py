@@ -132,10 +132,11 @@ def test_primary_fields_may_be_missing_on_save(crm, session):
 
 
 def test_changing_segment_revalidates_params(session):
-    client = session.clients.create("Free", params={"area": "big"})
+    client = session.clients.create("Free", params={"floor": "big"})  # fits no segment
+    assert client.segment is None
     with pytest.raises(ValidationError) as err:
         session.clients.update(client.id, segment="shop")
-    assert err.value.problems[0].field == "params.area"
+    assert err.value.problems[0].field == "params.floor"
 
 
 def test_update_records_an_event_with_old_and_new(session):

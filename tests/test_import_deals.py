@@ -529,8 +529,8 @@ def test_bad_interaction_rows(crm, deals, tmp_path):
         (
             5,
             "kind",
-            "kind: unknown interaction kind 'fax' (allowed: call, campaign, email, event, "
-            "letter, mailing, meeting)",
+            "kind: unknown interaction kind 'fax' (allowed: call, campaign, document, email, "
+            "event, letter, mailing, meeting)",
         ),
         (6, "deal_external_id", "deal_external_id: no deal with external id 'D-404'"),
         (7, "direction", "direction: 'sideways' is not inbound or outbound"),

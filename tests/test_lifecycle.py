@@ -66,7 +66,7 @@ def test_log_an_interaction(session, acme):
         (
             {"kind": "fax"},
             "kind",
-            "allowed: call, campaign, email, event, letter, mailing, meeting",
+            "allowed: call, campaign, document, email, event, letter, mailing, meeting",
         ),
         ({"topic": "weather"}, "topic", "allowed: first_contact, qualification"),
         ({"outcome": "happy"}, "outcome", "allowed: no_answer, callback_requested"),

@@ -163,8 +163,6 @@ def test_a_card_saved_without_a_segment_gets_the_one_its_parameters_fit(session)
     [
         {"area": 10, "employees": 3},  # no segment knows both
         {"colour": "red"},  # nobody knows it
-        {"area": -1},  # the shop's schema refuses it
-        {"employees": 0},  # the office's schema refuses it
     ],
 )
 def test_parameters_that_fit_no_segment_leave_the_card_without_one(session, params):
@@ -172,6 +170,22 @@ def test_parameters_that_fit_no_segment_leave_the_card_without_one(session, para
     assert client.segment is None
     assert client.params == params
     assert (client.potential_score, client.potential_category) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "allowed"),
+    [
+        ({"area": -1}, "params.area", "(allowed: a number >= 0"),
+        ({"employees": 0}, "params.employees", "(allowed: a whole number >= 1"),
+    ],
+)
+def test_a_bad_value_is_refused_by_the_segment_its_names_fit(session, params, field, allowed):
+    """Classification reads the names; the values then answer to that segment's schema."""
+    with pytest.raises(ValidationError) as info:
+        session.clients.create("Unsure", params=params)
+    [problem] = info.value.problems
+    assert problem.field == field and allowed in problem.reason
+    assert session.clients.count() == 0
 
 
 def test_a_tie_leaves_the_card_without_a_segment(crm, register_plugin):
@@ -190,7 +204,8 @@ def test_classify_without_parameters_and_best_segment():
     seg = Segment("s", "S", {"type": "object", "properties": {"x": {"type": "integer"}}})
     assert seg.classify({}) == 0.0
     assert seg.classify({"x": 1}) == 1.0  # no primary fields: every known parameter fits
-    assert seg.classify({"x": "one"}) == 0.0
+    assert seg.classify({"x": "one"}) == 1.0  # names decide; the value is checked on save
+    assert seg.classify({"y": 1}) == 0.0
 
 
 def test_the_default_rule_scores_the_share_of_primary_fields(crm):
@@ -207,8 +222,7 @@ def test_a_custom_classifier_decides_for_its_segment(crm):
     assert warehouse.classify({"area": 10}) == 0.0
     assert warehouse.classify({"area": 10, "dock": True}) == 1.0
     assert CALLS == [{"area": 10}, {"area": 10, "dock": True}]
-    assert warehouse.classify({"area": -1, "dock": True}) == 0.0  # refused: never asked
-    assert warehouse.classify({"area": "big", "dock": True}) == 0.0
+    assert warehouse.classify({"area": 10, "lorry": True}) == 0.0  # unknown name: never asked
     assert len(CALLS) == 2
     with crm.session() as s:
         assert s.clients.create("Depot", params={"area": 900, "dock": True}).segment == "warehouse"
@@ -216,9 +230,10 @@ def test_a_custom_classifier_decides_for_its_segment(crm):
 
 
 def test_a_classifier_answer_is_kept_between_0_and_1():
-    seg = Segment("s", "S", classifier=lambda params: 7)
+    schema = {"type": "object", "properties": {"x": {}}}
+    seg = Segment("s", "S", schema, classifier=lambda params: 7)
     assert seg.classify({"x": 1}) == 1.0
-    seg = Segment("s", "S", classifier=lambda params: -3)
+    seg = Segment("s", "S", schema, classifier=lambda params: -3)
     assert seg.classify({"x": 1}) == 0.0
 
 

@@ -189,25 +189,24 @@ class Segment:
         """Primary fields that ``params`` does not fill yet."""
         return [f for f in self.primary_fields if params.get(f) in (None, "", [])]
 
-    def classify(self, params: Mapping[str, Any], *, checked: bool = False) -> float:
-        """How well ``params`` fit this segment, from 0 to 1.
+    def classify(self, params: Mapping[str, Any]) -> float:
+        """How well ``params`` fit this segment, from 0 to 1, judged by their names.
 
-        Parameters that the schema refuses never fit (0). Otherwise the
-        segment's ``classifier`` decides when it has one; the default rule is
-        0 when a parameter is not one of the schema's properties, else the
-        share of the primary fields that ``params`` fill (at least 0.01, so
-        that a card with only secondary parameters still fits).
-
-        ``checked`` tells that the caller has already found ``params`` valid
-        under the schema (the bulk import does, with a compiled validator).
+        A parameter that is not one of the schema's properties never fits (0).
+        Otherwise the segment's ``classifier`` decides when it has one; the
+        default rule is the share of the primary fields that ``params`` fill
+        (at least 0.01, so that a card with only secondary parameters still
+        fits). Values are not checked here: the card is then validated
+        against the segment it fits, so that a bad value is refused with
+        the segment's rule instead of leaving the card without a segment.
         """
-        if not params or (not checked and self.validate(dict(params))):
+        if not params:
             return 0.0
-        if self.classifier is not None:
-            return max(0.0, min(1.0, float(self.classifier(params))))
         known = self.properties
         if any(name not in known for name in params):
             return 0.0
+        if self.classifier is not None:
+            return max(0.0, min(1.0, float(self.classifier(params))))
         primary = self.primary_fields
         if not primary:
             return 1.0

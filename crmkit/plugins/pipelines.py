@@ -102,7 +102,12 @@ B2B: dict[str, Any] = {
         {"outcome": "payment_promised", "move_to": "payment_shipment"},
         # documents fix the move: a prepared proposal, a signed contract
         {"kind": "document", "topic": "proposal", "outcome": "prepared", "move_to": "proposal"},
-        {"kind": "document", "topic": "contract", "outcome": "signed", "move_to": "contract_invoice"},
+        {
+            "kind": "document",
+            "topic": "contract",
+            "outcome": "signed",
+            "move_to": "contract_invoice",
+        },
     ],
 }
 

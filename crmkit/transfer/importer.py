@@ -921,16 +921,21 @@ class _ClientRows:
         return params, self.segments[segment].potential(params)
 
     def _classify(self, params: dict[str, Any]) -> str | None:
-        """The segment whose classifier fits ``params`` best, each read with its converters."""
+        """The segment whose classifier fits ``params`` best, each read with its converters.
+
+        As :meth:`crmkit.CRM.classify`: by the parameters' names; the row is then
+        checked against the segment found, so that a bad value is refused.
+        """
         scores = []
         for name, seg in self.segments.items():
-            converters = self.converters[name]
-            try:
-                read = {k: converters[k](v) if k in converters else v for k, v in params.items()}
-            except ValueError:
-                continue  # a value this segment cannot read: it does not fit
-            if self.checks[name](read):  # the compiled validator: the same verdict, faster
-                scores.append((seg.classify(read, checked=True), name))
+            read = {}
+            for key, raw in params.items():
+                convert = self.converters[name].get(key)
+                try:
+                    read[key] = raw if convert is None else convert(raw)
+                except ValueError:  # the segment's schema refuses it when the row is checked
+                    read[key] = raw
+            scores.append((seg.classify(read), name))
         return best_segment(scores)
 
     def _contact(self, contact: dict[str, Any]) -> dict[str, Any]:

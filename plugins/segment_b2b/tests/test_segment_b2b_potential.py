@@ -18,7 +18,7 @@ from crmkit_segment_b2b.segments import (
     score,
 )
 
-from crmkit import CRM, ConfigError, Session
+from crmkit import CRM, ConfigError, Session, ValidationError
 from crmkit.transfer.importer import import_file
 
 DISTRIBUTOR = {
@@ -54,7 +54,6 @@ def test_classifier_rules() -> None:
         ({"employees": 40, "industry": "retail"}, "corporate"),
         ({"offices": 2}, "corporate"),
         ({"industry": "retail"}, None),  # fits corporate's schema, but says nothing of it
-        ({"employees": -1}, None),  # refused by the only schema that knows it
         ({"fax": "+7 495"}, None),
     ],
 )
@@ -63,6 +62,14 @@ def test_a_card_without_segment_gets_the_one_its_parameters_fit(
 ) -> None:
     card = session.clients.create("Someone", params=params)
     assert card.segment == segment
+
+
+def test_a_bad_value_is_refused_by_the_segment_the_names_fit(session: Session) -> None:
+    with pytest.raises(ValidationError) as info:
+        session.clients.create("Someone", params={"employees": -1, "offices": 2})
+    [problem] = info.value.problems
+    assert problem.field == "params.employees"
+    assert problem.reason.endswith("(allowed: a whole number >= 1)")
 
 
 def test_a_set_segment_is_never_replaced(session: Session) -> None:
