@@ -803,31 +803,62 @@ def segment_list(state: State, fmt: str) -> None:
 @format_option
 @pass_state
 def segment_show(state: State, name: str, fmt: str) -> None:
-    """Show the parameters of segment NAME: type, unit, range, description."""
+    """Show segment NAME: each parameter's type, unit and allowed range, and the settings."""
+    from crmkit.core.validation import describe_schema
+
     seg = state.crm().segment(name)
     if fmt == "json":
-        emit({"name": seg.name, "title": seg.title, "schema": seg.schema}, fmt)
+        emit(
+            {
+                "name": seg.name,
+                "title": seg.title,
+                "description": seg.description,
+                "plugin": seg.plugin,
+                "primary_fields": seg.primary_fields,
+                "schema": seg.schema,
+                "settings": seg.settings,
+            },
+            fmt,
+        )
         return
     click.echo(f"{seg.title} ({seg.name})")
     if seg.description:
         click.echo(seg.description)
     required = set(seg.primary_fields)
-    rows = []
-    for key, prop in seg.schema.get("properties", {}).items():
-        bounds = [
-            f"{op} {prop[k]}" for k, op in (("minimum", ">="), ("maximum", "<=")) if k in prop
-        ]
-        rows.append(
-            {
-                "parameter": key,
-                "title": prop.get("title", ""),
-                "type": prop.get("type", ""),
-                "unit": prop.get("unit", prop.get("x-unit", "")),
-                "range": ", ".join(bounds),
-                "primary": "yes" if key in required else "",
-            }
-        )
+    rows = [
+        {
+            "parameter": key,
+            "title": prop.get("title", ""),
+            "allowed": describe_schema(prop),
+            "primary": "yes" if key in required else "",
+        }
+        for key, prop in seg.properties.items()
+    ]
     emit(rows, fmt)
+    if seg.settings:
+        emit(seg.settings, fmt, title=f"Settings (crmkit.toml: segments.{seg.name})")
+
+
+@segment.command("rescore")
+@click.option("--segment", "only", metavar="NAME", help="Only the clients of this segment.")
+@format_option
+@pass_state
+def segment_rescore(state: State, only: str | None, fmt: str) -> None:
+    """Classify and score every client card again, with the settings in force now.
+
+    Run it after changing a segment's settings in crmkit.toml (potential
+    weights, thresholds): stored potentials are otherwise refreshed when a
+    card is next saved.
+    """
+    with state.session() as s:
+        counts = s.clients.rescore(segment=only)
+    if fmt == "json":
+        emit(counts, fmt)
+        return
+    click.echo(
+        f"Checked {counts['checked']} cards: {counts['rescored']} rescored, "
+        f"{counts['classified']} given a segment."
+    )
 
 
 @cli.group()

@@ -523,3 +523,24 @@ def test_report_objects_are_public():
         assert name in crmkit.__all__
         assert getattr(crmkit, name) is not None
     assert Column("n").heading == "n" and Column("n", "Count").heading == "Count"
+
+
+def test_an_enum_option_reaches_the_report_with_its_declared_type(crm, register_plugin, invoke):
+    seen: list[Any] = []
+
+    def run(session: Any, query: ReportQuery) -> ReportResult:
+        seen.append(query.options["months"])
+        return _result(session, query)
+
+    class Months:
+        @hookimpl
+        def crmkit_reports(self):
+            options = {"months": {"type": "integer", "enum": [3, 6, 12], "default": 3}}
+            return [Report("months", "Months", run=run, filters=(), options=options)]
+
+    register_plugin(Months(), name="months")
+    assert invoke("report", "months", "--months", "6").exit_code == 0
+    assert invoke("report", "months").exit_code == 0
+    refused = invoke("report", "months", "--months", "7")
+    assert refused.exit_code == 2 and "'7' is not one of" in refused.stderr
+    assert seen == [6, 3]

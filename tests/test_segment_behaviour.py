@@ -882,3 +882,26 @@ def test_the_config_pages_segment_examples_work(crm_factory):
     assert str(info.value) == (
         "segments.distributor.potential.categories.A: 'high' is not of type 'number'"
     )
+
+
+def test_rescore_applies_new_settings_to_stored_cards(crm, invoke):
+    with crm.session() as s:
+        card = s.clients.create("Shop", segment="shop", params={"area": 120})
+        loose = s.clients.create("Loose", params={"colour": "red"})  # fits no segment
+    stored = card.potential_score
+    before = invoke("segment", "rescore", json=True)
+    assert before.exit_code == 0, before
+    assert before.json == {"checked": 2, "rescored": 0, "classified": 0}
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(path.read_text("utf-8") + "\n[segments.shop.weights]\narea = 0.01\n", "utf-8")
+    after = invoke("segment", "rescore", "--segment", "shop", json=True)
+    assert after.json == {"checked": 1, "rescored": 1, "classified": 0}
+    with crm.session() as s:
+        fresh = s.clients.get(card.id)
+        assert fresh.potential_score != stored
+        [event] = [e for e in s.events("client", card.id) if e["action"] == "rescored"]
+        assert event["data"]["potential_score"] == {"old": stored, "new": fresh.potential_score}
+        assert s.clients.get(loose.id).segment is None
+    shown = invoke("segment", "show", "shop", json=True).json
+    assert shown["settings"]["weights"]["area"] == 0.01
+    assert "Checked 1 cards" in invoke("segment", "rescore", "--segment", "shop").output

@@ -106,8 +106,13 @@ def _option(name: str, spec: dict[str, Any]) -> click.Option:
             [f"{flag}/--no-{name.replace('_', '-')}", name], default=None, help=help_text
         )
     if "enum" in spec:
+        # the command line gives text; the report gets the declared value (3, not "3")
+        values = {str(v): v for v in spec["enum"]}
         return click.Option(
-            [flag, name], type=click.Choice([str(v) for v in spec["enum"]]), help=help_text
+            [flag, name],
+            type=click.Choice(list(values)),
+            help=help_text,
+            callback=lambda _ctx, _param, given: None if given is None else values[given],
         )
     return click.Option([flag, name], type=_CLICK_TYPES.get(str(kind), str), help=help_text)
 

@@ -529,6 +529,53 @@ class Clients(_Repo):
             batch_size,
         )
 
+    def rescore(self, *, segment: str | None = None, batch_size: int = 1000) -> dict[str, int]:
+        """Classify and score every card again, with the segments' settings in force now.
+
+        Run it after changing a segment's settings (weights, thresholds) in
+        ``crmkit.toml``: stored potentials are otherwise refreshed only when a
+        card is saved. A card without a segment gets the one its parameters
+        fit when they are valid for it. Each changed card records an event.
+        Returns ``{"checked": n, "rescored": n, "classified": n}``.
+        """
+        crm = self.s.crm
+        if segment is not None:
+            crm.segment(segment)
+        counts = dict.fromkeys(("checked", "rescored", "classified"), 0)
+        for card in self.iter(batch_size=batch_size, segment=segment):
+            if not card.params:
+                continue
+            counts["checked"] += 1
+            name = card.segment
+            classified = False
+            if name is None:
+                name = crm.classify(card.params)
+                if name is None or crm.segment(name).validate(card.params):
+                    continue
+                classified = True
+            seg = crm.segments.get(name)
+            if seg is None:  # the segment's plugin is gone: leave the card as it is
+                continue
+            potential = seg.potential(card.params)
+            values = {
+                "segment": name,
+                "potential_score": None if potential is None else potential.score,
+                "potential_category": None if potential is None else potential.category,
+            }
+            old = {k: getattr(card, k) for k in values}
+            diff = {k: v for k, v in values.items() if old[k] != v}
+            if not diff:
+                continue
+            self.conn.execute(update(self.t).where(self.t.c.id == card.id).values(diff))
+            self.s.record(
+                "client",
+                card.id,
+                "rescored",
+                {k: {"old": old[k], "new": v} for k, v in diff.items()},
+            )
+            counts["classified" if classified else "rescored"] += 1
+        return counts
+
     # -- internals ---------------------------------------------------------
     def _select(self) -> Any:
         users = self.s.tables["users"]
