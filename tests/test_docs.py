@@ -469,7 +469,10 @@ def test_tutorial_covers_the_lifecycle() -> None:
         "deal open 1 --pipeline b2b",
         "log call 1 --topic first_contact --outcome meeting_scheduled",
         "--outcome proposal_requested",
-        "client update 1 --segment distributor",
+        "client set-params 1 --segment distributor",
+        "needs set 1",
+        "offer 1",
+        "proposal render 1 --deal 1",
         "invoice issue 1",
         "invoice pay 1",
         "deal win 1",
@@ -480,6 +483,8 @@ def test_tutorial_covers_the_lifecycle() -> None:
     assert "deal #1: qualification -> presentation" in outputs
     assert "Warning: deal #1 stays: stage: cannot move deal #1 to 'proposal'" in outputs
     assert "deal #1: presentation -> proposal" in outputs
+    assert "Error: proposal refused: client #1 is a distributor" in outputs
+    assert "  - needs.budget: " in outputs
     assert "Stage history" in outputs
 
 

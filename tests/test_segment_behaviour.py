@@ -487,7 +487,7 @@ def test_describe_schema():
     from crmkit.core.validation import describe_schema
 
     assert describe_schema({"type": "integer", "minimum": 1, "maximum": 9}) == (
-        "a whole number >= 1 <= 9"
+        "a whole number >= 1 and <= 9"
     )
     assert describe_schema({"type": "number", "minimum": 0, "x-unit": "RUB/year"}) == (
         "a number >= 0, in RUB/year"

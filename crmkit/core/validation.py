@@ -149,14 +149,22 @@ def describe_schema(schema: Any) -> str:
         names = [types] if isinstance(types, str) else list(types or [])
         if names:
             words.append(" or ".join(_TYPE_WORDS.get(n, n) for n in names))
-    for key, op in (
-        ("minimum", ">="),
-        ("exclusiveMinimum", ">"),
-        ("maximum", "<="),
-        ("exclusiveMaximum", "<"),
-    ):
-        if key in schema:
-            words.append(f"{op} {schema[key]}")
+    bounds = [
+        f"{op} {schema[key]}"
+        for key, op in (
+            ("minimum", ">="),
+            ("exclusiveMinimum", ">"),
+            ("maximum", "<="),
+            ("exclusiveMaximum", "<"),
+        )
+        if key in schema
+    ]
+    if bounds:  # "a number >= 0 and <= 100", the bounds joined to the type
+        range_text = " and ".join(bounds)
+        if words:
+            words[-1] += f" {range_text}"
+        else:
+            words.append(range_text)
     for key, what in (
         ("minLength", "at least {} character"),
         ("maxLength", "at most {} character"),
@@ -172,7 +180,7 @@ def describe_schema(schema: Any) -> str:
     unit = schema.get("x-unit", schema.get("unit"))
     if unit:
         words.append(f"in {unit}")
-    return ", ".join(words).replace(", >", " >").replace(", <", " <")
+    return ", ".join(words)
 
 
 def _non_finite(value: Any, path: str) -> list[str]:

@@ -220,18 +220,16 @@ def proposal_render(
     if fmt == "json":
         emit(made, fmt)
         return
-    if out is None:
-        text = made.html if as_html else made.markdown
-        click.echo(text, nl=not text.endswith("\n"))
-        stream_note = True
-    else:
-        stream_note = False
-        click.echo(f"Wrote the proposal for client #{client_id} to {out}")
     notes = []
     if made.interaction_id is not None:
         notes.append(f"logged as interaction #{made.interaction_id}")
     if made.moved_to:
         notes.append(f"deal #{made.deal_id} moved to {made.moved_to}")
     notes += made.refused
-    if notes:
-        click.echo("; ".join(notes), err=stream_note)
+    if out is None:  # the proposal on stdout, what was done on stderr
+        text = made.html if as_html else made.markdown
+        click.echo(text, nl=not text.endswith("\n"))
+        if notes:
+            click.echo("; ".join(notes), err=True)
+    else:
+        click.echo("; ".join([f"Wrote the proposal for client #{client_id} to {out}", *notes]))

@@ -88,8 +88,8 @@ def render(
         needs_step = all(p.field and p.field.startswith("needs.") for p in problems)
         if needs_step:
             message = (
-                f"client #{client.id} is {client.segment} with potential "
-                f"{client.potential_category} ({client.potential_score}); "
+                f"client #{client.id} is a {crm.segment(client.segment or '').title.lower()} "
+                f"of potential {client.potential_category} ({client.potential_score}); "
                 "fill in its needs card first ('crmkit needs set')"
             )
         else:
