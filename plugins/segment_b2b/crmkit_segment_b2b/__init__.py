@@ -101,10 +101,10 @@ def crmkit_migrations() -> list[dict[str, str]]:
 
 @hookimpl
 def crmkit_startup(crm: CRM) -> None:
-    """Refuse a deployment whose product catalogue or offer matrix is broken."""
-    from .catalog import check_catalog
+    """Refuse a deployment whose settings are broken, naming the key (see :mod:`.checks`)."""
+    from .checks import check_deployment
 
-    check_catalog(crm)
+    check_deployment(crm)
 
 
 @hookimpl
@@ -147,15 +147,20 @@ def crmkit_client_details(session: Session, client: Client) -> dict[str, Any] | 
     from .needs import get
 
     segment = session.crm.segments.get(client.segment or "")
-    potential = segment.potential(client.params) if segment is not None else None
+    now = segment.potential(client.params) if segment is not None else None
     card = get(session, client.id)
-    return {
-        "potential": None if potential is None else f"{potential.score} ({potential.category})",
-        "factors": None if potential is None else potential.factors,
+    facts: dict[str, Any] = {
+        "potential": None
+        if client.potential_score is None
+        else f"{client.potential_score} ({client.potential_category})",
+        "factors": None if now is None else now.factors,
         "needs": card.data if card is not None else {},
         "proposal_gate": [str(p) for p in proposal_problems(session, client)] or "met",
         "offer": [p.sku for p in recommend(session.crm, client)],
     }
+    if now is not None and now.score != client.potential_score:  # the settings changed since
+        facts["potential_now"] = f"{now.score} ({now.category}); run 'crmkit segment rescore'"
+    return facts
 
 
 @hookimpl

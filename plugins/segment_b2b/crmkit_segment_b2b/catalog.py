@@ -13,8 +13,9 @@ in ``crmkit.toml``, one table per SKU::
 The *offer matrix* is a setting of each segment: ``offers`` maps a potential
 category to the SKUs recommended for it, in order, and a deployment changes
 it under ``[segments.NAME.offers]`` (``A = ["MFP-M60", "SRV-MPS"]``). Every
-SKU the matrix names must be in the catalogue: :func:`check_catalog` refuses
-the deployment at start-up otherwise, naming the key.
+SKU the matrix names must be in the catalogue:
+:func:`crmkit_segment_b2b.checks.check_deployment` refuses the deployment at
+start-up otherwise, naming the key.
 """
 
 from __future__ import annotations
@@ -87,54 +88,6 @@ def products(crm: CRM) -> dict[str, Product]:
         )
         for sku, item in table.items()
     }
-
-
-def check_catalog(crm: CRM) -> None:
-    """Refuse a deployment whose catalogue or offer matrix is broken; the error names the key."""
-    from crmkit import ConfigError
-    from crmkit.core.validation import schema_problems
-
-    from . import PLUGIN_NAME
-    from .segments import CORPORATE, DISTRIBUTOR
-
-    settings = crm.config.plugin(PLUGIN_NAME)
-    prefix = f"plugin.{PLUGIN_NAME}"
-    unknown = sorted(set(settings) - {"products", "templates"})
-    if unknown:
-        raise ConfigError(
-            "is not a setting of the plugin (known: products, templates)",
-            field=f"{prefix}.{unknown[0]}",
-        )
-    table = settings.get("products")
-    if table is not None:
-        if not isinstance(table, dict) or not table:
-            raise ConfigError("must be a table of products by SKU", field=f"{prefix}.products")
-        for sku, item in table.items():
-            problems = schema_problems(PRODUCT_SCHEMA, item, prefix=f"{prefix}.products.{sku}")
-            if problems:
-                raise ConfigError(
-                    f"{problems[0].field}: {problems[0].reason}", field=problems[0].field
-                )
-    known = products(crm)
-    for name in (DISTRIBUTOR, CORPORATE):
-        segment = crm.segments.get(name)
-        if segment is None:
-            continue
-        potential = segment.settings.get("potential", {})
-        for factor in potential.get("weights", {}):
-            if factor not in potential.get("scale", {}):
-                raise ConfigError(
-                    f"the weighted factor {factor!r} has no reference value in scale",
-                    field=f"segments.{name}.potential.scale",
-                )
-        for category, skus in segment.settings.get("offers", {}).items():
-            for sku in skus:
-                if sku not in known:
-                    raise ConfigError(
-                        f"{sku!r} is not in the product catalogue "
-                        f"(known: {', '.join(sorted(known))})",
-                        field=f"segments.{name}.offers.{category}",
-                    )
 
 
 def recommend(crm: CRM, client: Client) -> list[Product]:

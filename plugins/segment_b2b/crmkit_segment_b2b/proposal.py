@@ -115,8 +115,8 @@ def render(
         "total": sum((p.price for p in products), Decimal(0)),
     }
     env = environment(crm)
-    html = env.get_template(f"{segment.name}.html.j2").render(context)
-    markdown = env.get_template(f"{segment.name}.md.j2").render(context)
+    html = _render(env, f"{segment.name}.html.j2", context)
+    markdown = _render(env, f"{segment.name}.md.j2", context)
     interaction_id, moved_to, refused = None, None, []
     if log:
         skus = ", ".join(p.sku for p in products) or "none"
@@ -146,6 +146,23 @@ def render(
         moved_to=moved_to,
         refused=refused,
     )
+
+
+def _render(env: Environment, name: str, context: dict[str, Any]) -> str:
+    """Render template ``name``; a broken template is a configuration error naming it."""
+    import jinja2
+
+    from crmkit import ConfigError
+
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise ConfigError(f"no template {exc.name!r} for this segment", field="templates") from None
+    except jinja2.TemplateError as exc:
+        where = getattr(exc, "filename", None) or getattr(exc, "name", None) or name
+        line = getattr(exc, "lineno", None)
+        at = f"{where}, line {line}" if line else where
+        raise ConfigError(f"template {at}: {exc.message}", field="templates") from None
 
 
 def _rows(props: dict[str, Any], values: dict[str, Any]) -> list[dict[str, Any]]:

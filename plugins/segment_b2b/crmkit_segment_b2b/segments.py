@@ -141,7 +141,7 @@ USER_SIGNALS = ("employees", "equipment")
 
 
 def classify_distributor(params: Mapping[str, Any]) -> float:
-    """How well a card fits ``distributor``; crmkit calls it only for valid parameters.
+    """How well a card fits ``distributor``; crmkit asks only when every name is the segment's.
 
     Rules, in order:
 
@@ -157,11 +157,12 @@ def classify_distributor(params: Mapping[str, Any]) -> float:
 
 
 def classify_corporate(params: Mapping[str, Any]) -> float:
-    """How well a card fits ``corporate``; crmkit calls it only for valid parameters.
+    """How well a card fits ``corporate``; crmkit asks only when every name is the segment's.
 
     Rules: a company that states its headcount or the equipment it runs uses
     our products itself: 1.0; otherwise the share of the primary fields it
-    fills (``offices`` or ``industry`` alone say "corporate" only weakly).
+    fills (``offices`` alone says "corporate" only weakly, ``industry`` alone
+    says nothing: every kind of company has one).
     """
     if any(params.get(name) for name in USER_SIGNALS):
         return 1.0
@@ -174,7 +175,7 @@ def _positive(value: Any) -> bool:
 
 
 # -- potential ---------------------------------------------------------------------------
-def score(factors: Mapping[str, float], settings: Mapping[str, Any]) -> Potential:
+def score(factors: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
     """The potential from measured ``factors``, by the ``potential`` settings.
 
     Each factor's value is put on a 0..1 scale against its reference value
@@ -193,6 +194,10 @@ def score(factors: Mapping[str, float], settings: Mapping[str, Any]) -> Potentia
     points = 0.0
     for name, weight in weights.items():
         value = factors.get(name) or 0
+        if value.__class__ is list:  # a list counts its items (the regions served ...)
+            value = len(value)
+        elif not isinstance(value, int | float):
+            value = 0
         scaled = 0.0
         if value > 0:  # bulk imports score every row: plain arithmetic, no helpers
             scaled = 1 + math.log10(value / scale[name]) / 2
@@ -210,15 +215,22 @@ def score(factors: Mapping[str, float], settings: Mapping[str, Any]) -> Potentia
 
 
 def distributor_potential(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
-    """A distributor's potential: turnover, sales force, client base and warehouse."""
-    return score({name: params.get(name, 0) for name in DISTRIBUTOR_SCHEMA["required"]}, settings)
+    """A distributor's potential: turnover, sales force, client base and warehouse.
+
+    Every weighted parameter counts, so a parameter a deployment adds
+    (``[segments.distributor.extend]``) scores once it has a weight and a scale.
+    """
+    return score(params, settings)
 
 
 def corporate_potential(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
-    """A corporate customer's potential: headcount, offices and units of equipment in use."""
+    """A corporate customer's potential: headcount, offices and units of equipment in use.
+
+    ``equipment`` counts the units of every type; other weighted parameters
+    count as they are.
+    """
     units = sum(int(item.get("count", 0)) for item in params.get("equipment", []))
-    factors = {"employees": params["employees"], "offices": params["offices"], "equipment": units}
-    return score(factors, settings)
+    return score({**params, "equipment": units}, settings)
 
 
 # -- settings: the defaults a deployment overrides under [segments.NAME] -------------------

@@ -213,6 +213,26 @@ def test_a_deployment_overrides_a_template(crm: CRM) -> None:
     assert "Equipment and services" in made.html  # the HTML template is still the plugin's
 
 
+def test_a_broken_template_is_a_configuration_error_naming_it(crm: CRM, invoke: CliRun) -> None:
+    folder = Path(crm.config.root) / "templates" / "segment_b2b"
+    folder.mkdir(parents=True)
+    with crm.session() as s:
+        client = s.clients.create("Corp", segment="corporate", params=CORPORATE)
+        set_needs(s, client.id, CORPORATE_NEEDS)
+    for text, says in (
+        ("Hello\n{% for x %}\n", "segment_b2b/corporate.md.j2, line 2: expected token 'in'"),
+        ("{{ client.nam }}\n", "'crmkit.core.model.Client object' has no attribute 'nam'"),
+    ):
+        (folder / "corporate.md.j2").write_text(text, "utf-8")
+        result = invoke("proposal", "render", str(client.id))
+        assert result.exit_code == 6, result
+        assert result.stderr.startswith("Error: templates: template ")
+        assert "corporate.md.j2" in result.stderr
+        assert says in result.stderr and "Traceback" not in result.stderr
+    with crm.session() as s:
+        assert s.interactions.list(client_id=client.id) == []  # nothing logged
+
+
 # -- the stage gate -------------------------------------------------------------------------
 def test_a_deal_cannot_enter_the_proposal_stage_while_the_gate_is_unmet(session: Session) -> None:
     client = session.clients.create("Vostok", segment="distributor", params={"turnover": 1e8})
@@ -334,3 +354,4 @@ def test_client_show_has_the_plugins_facts(invoke: CliRun) -> None:
         float(facts["potential"].split()[0]), abs=0.1
     )
     assert facts["proposal_gate"][0].startswith("needs.budget")
+    assert "potential_now" not in facts

@@ -144,10 +144,54 @@ def test_a_bad_setting_is_refused_with_its_key(crm: CRM) -> None:
     assert info.value.field == "segments.corporate.potential.weights.employees"
 
 
-def test_a_weight_without_a_scale_is_refused(crm: CRM) -> None:
+def test_a_weight_must_name_a_parameter(crm: CRM) -> None:
     with pytest.raises(ConfigError) as info:
         reopen(crm, "[segments.corporate.potential.weights]\nbudget = 1\n")
-    assert info.value.field == "segments.corporate.potential.scale"
+    assert info.value.field == "segments.corporate.potential.weights.budget"
+    assert "'budget' is not a parameter of the segment" in info.value.message
+
+
+def test_a_parameter_added_by_the_deployment_scores_with_a_weight(crm: CRM) -> None:
+    extend = '[segments.distributor.extend.properties.trucks]\ntype = "integer"\n'
+    with pytest.raises(ConfigError) as info:
+        reopen(crm, extend + "[segments.distributor.potential.weights]\ntrucks = 0.2\n")
+    assert info.value.field == "segments.distributor.potential.scale"
+    path = Path(crm.config.root) / "crmkit.toml"
+    path.write_text(
+        path.read_text("utf-8") + "[segments.distributor.potential.scale]\ntrucks = 40\n"
+    )
+    tuned = CRM.open(crm.config.root, plugins=crm.plugins)
+    with tuned.session() as s:
+        card = s.clients.create(
+            "Fleet", segment="distributor", params={**DISTRIBUTOR, "trucks": 40}
+        )
+        without = s.clients.create("No fleet", segment="distributor", params=DISTRIBUTOR)
+    settings = tuned.segment("distributor").settings
+    potential = distributor_potential({**DISTRIBUTOR, "trucks": 40}, settings)
+    assert potential.factors["trucks"] > 0
+    assert card.potential_score == potential.score > without.potential_score
+    tuned.close()
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        (
+            '[segments.distributor.needs.properties.x]\ntype = "integr"\n',
+            "segments.distributor.needs.properties.x.type",
+        ),
+        (
+            '[segments.corporate.needs]\nrequired = ["devices_needed", "delivery_days"]\n',
+            "segments.corporate.needs.required",
+        ),
+        ('[plugin.segment_b2b]\ntemplates = "no-such-folder"\n', "plugin.segment_b2b.templates"),
+    ],
+)
+def test_a_broken_setting_stops_the_deployment_at_start(crm: CRM, toml: str, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        reopen(crm, toml)
+    assert info.value.field == field
+    assert info.value.exit_code == 6
 
 
 # -- the offer matrix and the catalogue ------------------------------------------------------
