@@ -8,8 +8,10 @@ front of a manager. :func:`check_deployment` checks:
 * ``[plugin.segment_b2b]``: only ``products`` and ``templates``; each
   product against :data:`~crmkit_segment_b2b.catalog.PRODUCT_SCHEMA`; the
   templates folder exists;
-* each segment's ``potential``: every weight names a parameter of the
-  segment and has a reference value in ``scale``;
+* each segment's ``potential``: every weight above 0 names a parameter of
+  the segment and has a reference value in ``scale`` (a weight of 0 switches
+  a factor off: settings are merged over the plugin's, so a deployment
+  cannot remove a key, only zero it);
 * each segment's ``offers``: every SKU is in the catalogue;
 * each segment's needs card: its schema is valid JSON Schema, and every
   required question is one of its questions.
@@ -67,7 +69,9 @@ def _check_potential(segment: Segment) -> None:
 
     potential = segment.settings.get("potential", {})
     field = f"segments.{segment.name}.potential"
-    for factor in potential.get("weights", {}):
+    for factor, weight in potential.get("weights", {}).items():
+        if not weight:  # a weight of 0 switches a factor off (settings merge, never remove)
+            continue
         if factor not in segment.properties:
             raise ConfigError(
                 f"{factor!r} is not a parameter of the segment "

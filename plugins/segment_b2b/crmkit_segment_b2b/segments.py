@@ -193,6 +193,8 @@ def score(factors: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
     contributions: dict[str, float] = {}
     points = 0.0
     for name, weight in weights.items():
+        if not weight:  # switched off
+            continue
         value = factors.get(name) or 0
         if value.__class__ is list:  # a list counts its items (the regions served ...)
             value = len(value)

@@ -270,3 +270,17 @@ def test_import_classifies_scores_and_refuses_bad_parameters(crm: CRM, tmp_path:
         expected.category,
     )
     assert (stored["Half"].segment, stored["Half"].potential_score) == ("corporate", None)
+
+
+def test_a_weight_of_zero_switches_a_factor_off(crm: CRM) -> None:
+    tuned = reopen(
+        crm,
+        "[segments.distributor.potential.weights]\nsales_reps = 0\nown_clients = 0\n"
+        "warehouse_area = 0\nno_such_parameter = 0\n",
+    )
+    settings = tuned.segment("distributor").settings
+    potential = distributor_potential(DISTRIBUTOR, settings)
+    assert set(potential.factors) == {"turnover"}
+    # turnover alone carries the whole score: 3e8 against 1e9 scores 1 + log10(0.3) / 2
+    assert potential.score == round(100 * (1 + math.log10(0.3) / 2), 1)
+    tuned.close()
