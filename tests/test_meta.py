@@ -34,3 +34,28 @@ def test_hookspecs_take_plain_named_parameters():
 def test_every_hookspec_has_a_docstring():
     for name in hook_names():
         assert (getattr(hookspecs, name).__doc__ or "").strip(), name
+
+
+def test_every_command_of_the_bundled_plugins_is_in_the_cli_reference():
+    """A plugin's top-level commands appear on docs/cli.rst through a click directive."""
+    import importlib
+
+    import pytest
+
+    from crmkit.cli import build_cli, cli
+    from crmkit.core.plugins import load_plugins
+
+    page = (TESTS.parent / "docs" / "cli.rst").read_text("utf-8")
+    plugins = load_plugins(entry_points=False)
+    for module in ("crmkit_segment_b2b", "crmkit_email_tracking"):
+        try:
+            plugins.register(importlib.import_module(module))
+        except ImportError:  # pragma: no cover - the plugin is not installed
+            pytest.skip(f"{module} is not installed")
+    added = set(build_cli(plugins).commands) - set(cli.commands)
+    assert added, "the bundled plugins add commands"
+    for name in sorted(added):
+        command = build_cli(plugins).commands[name]
+        # the module attribute that holds a click command is named after its function
+        directive = f".. click:: {command.callback.__module__}:{command.callback.__name__}"
+        assert directive in page, f"crmkit {name}: add '{directive}' to docs/cli.rst"
