@@ -28,10 +28,17 @@ crmkit --as a.petrenko client add "Volga Distribution" --email buy@volga.example
   --param 'regions=["Samara","Kazan"]' --source event --requisite tax_id=6312345678
 client=$(crmkit client list --search "Volga Distribution" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 crmkit contact add "$client" "Irina Petrova" --position "Purchasing director" --email irina@volga.example
-deal=$(crmkit --as a.petrenko deal open "$client" --pipeline b2b --amount 1200000 --title "Warehouse racks" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+deal=$(crmkit --as a.petrenko deal open "$client" --pipeline b2b --amount 1200000 --title "Printers for resale" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 crmkit --as a.petrenko log call "$client" --deal "$deal" --direction outbound --topic first_contact --outcome meeting_scheduled --note "Meeting on Tuesday"
+# Asked for a proposal: the gate wants the needs card first (refused, listing what is missing).
 crmkit --as a.petrenko log meeting "$client" --deal "$deal" --topic presentation --outcome proposal_requested
+crmkit --as a.petrenko proposal render "$client" --deal "$deal" || true
+crmkit --as a.petrenko needs set "$client" budget=3000000 authority=decision_maker \
+  "need=Printers and cartridges to resell in Samara" timing=this_quarter monthly_volume=120 target_margin=20
+crmkit offer "$client"
+crmkit --as a.petrenko proposal render "$client" --deal "$deal" --out "proposal-$client.html"
 crmkit deal show "$deal"
+crmkit report abcxyz --period last-12-months | head -25
 
 # What the head of sales looks at every morning.
 crmkit deal list --stalled --limit 10
