@@ -34,7 +34,7 @@ extensions = [
 
 root_doc = "index"
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "_ext", "examples", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_ext", "_tools", "examples", "Thumbs.db", ".DS_Store"]
 nitpicky = False
 
 autodoc_member_order = "bysource"

@@ -8,6 +8,7 @@ The plugin author guide includes ``docs/examples/crmkit_vip`` with
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib.util
 import itertools
 import os
@@ -486,6 +487,91 @@ def test_tutorial_covers_the_lifecycle() -> None:
     assert "Error: proposal refused: client #1 is a distributor" in outputs
     assert "  - needs.budget: " in outputs
     assert "Stage history" in outputs
+
+
+# -- the segment_b2b guide (docs/segments.rst) --------------------------------------------
+def _load_docs_console() -> Any:
+    """``docs/_tools/console.py``: the walker that ``docs/_tools/regen_console.py`` uses too."""
+    name = "crmkit_docs_console"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, DOCS / "_tools" / "console.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+docs_console = _load_docs_console()
+
+
+@pytest.mark.slow
+def test_segments_page_shows_what_the_commands_print(tmp_path: Path) -> None:
+    """``docs/segments.rst``, walked top to bottom in one deployment, prints what it shows.
+
+    The walker (``docs/_tools/console.py``) runs every ``$`` line of the console
+    blocks and every ``>>>`` example of the pycon blocks, in the page's order,
+    and performs the page's hidden ``.. crmkit-test:`` steps where they are:
+    the TOML blocks it appends to (or sets in) ``crmkit.toml``, the template it
+    writes, the shell steps (backups of ``crmkit.toml``, the invoices of the
+    ABC/XYZ example, deleting the ``[segments.*]`` tables in "Removing the
+    plugin") and the script of "From Python", whose output is the ``text``
+    block after it. Every output must equal the page's once the folder,
+    timestamps, dates and times are normalized.
+
+    Nothing the page shows as output goes unchecked, and there are no
+    excerpts. The only lines not run are the ``pip install`` of "Installing"
+    (the test runs in an environment with the plugin installed), and the only
+    code block neither run nor used by a step is the formula of "The
+    formula", which is no output. The two ``crmkit-json`` directives at the
+    end are rendered from the code itself. ``crmkit db current`` lists the
+    branch of ``email_tracking`` too, as the page says: the test needs both
+    plugins of this repository installed, as tox installs them.
+    """
+    pytest.importorskip("crmkit_segment_b2b", reason="pip install -e plugins/segment_b2b")
+    pytest.importorskip("crmkit_email_tracking", reason="pip install -e plugins/email_tracking")
+    text = (DOCS / "segments.rst").read_text("utf-8")
+    assert docs_console.literal_blocks(text) == [], "a '::' block would show what nothing runs"
+    walked = docs_console.walk(text, tmp_path)
+    assert [c.split()[:2] for c in walked.skipped] == [["pip", "install"]]
+    assert [(b.lang, b.text.split()[:2]) for b in walked.unchecked] == [("text", ["scaled", "="])]
+    differences = []
+    for shown in walked.mismatches:
+        diff = difflib.unified_diff(
+            docs_console.normalized(shown.expected).splitlines(),
+            docs_console.normalized(shown.actual).splitlines(),
+            "page",
+            "now",
+            lineterm="",
+        )
+        differences.append(f"line {shown.block.line}: {shown.source}\n" + "\n".join(diff))
+    assert not differences, (
+        "\n\n".join(differences)
+        + "\n\nRegenerate with: python docs/_tools/regen_console.py docs/segments.rst"
+    )
+
+
+def test_segments_page_shows_the_start_up_checks() -> None:
+    """The guide shows every start-up check of the plugin failing, and a stale potential."""
+    text = (DOCS / "segments.rst").read_text("utf-8")
+    outputs = "\n".join(
+        output
+        for block in docs_console.parse(text)
+        if getattr(block, "lang", None) == "console"
+        for _, output in docs_console.console_sessions(block.text)
+    )
+    for shown in (
+        "Error: segments.distributor.potential.weights.warehouse: 'warehouse' is not a parameter",
+        "Error: segments.distributor.potential.scale: the weighted parameter 'trucks' has no ",
+        "Error: segments.distributor.offers.A: 'CRT-BULK' is not in the product catalogue",
+        "Error: plugin.segment_b2b.templates: ",
+        "distributor.md.j2, line ",
+        "Error: segments.distributor.needs.required: 'delivery' is not one of the needs card",
+        "potential_now",
+    ):
+        assert shown in outputs, shown
+    steps = [(d.action, d.argument) for d in docs_console.parse(text) if hasattr(d, "action")]
+    assert ("write-file", "proposal-templates/distributor.md.j2") in steps
 
 
 # -- the site ---------------------------------------------------------------------------
