@@ -160,6 +160,7 @@ def crmkit_client_details(session: Session, client: Client) -> dict[str, Any] | 
     }
     if now is not None and now.score != client.potential_score:  # the settings changed since
         facts["potential_now"] = f"{now.score} ({now.category}); run 'crmkit segment rescore'"
+        facts["factors_now"] = facts.pop("factors")  # they add up to the new score
     return facts
 
 

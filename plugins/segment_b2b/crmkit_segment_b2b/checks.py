@@ -67,20 +67,37 @@ def check_deployment(crm: CRM) -> None:
 def _check_potential(segment: Segment) -> None:
     from crmkit import ConfigError
 
+    from .segments import DEFAULT_SETTINGS
+
     potential = segment.settings.get("potential", {})
-    field = f"segments.{segment.name}.potential"
+    defaults = DEFAULT_SETTINGS[segment.name]["potential"]["weights"]
+    field = f"{segment.name}.potential"
     for factor, weight in potential.get("weights", {}).items():
-        if not weight:  # a weight of 0 switches a factor off (settings merge, never remove)
+        spec = segment.properties.get(factor)
+        if not weight:  # 0 switches off a factor the plugin weighs (settings never remove)
+            if spec is None and factor not in defaults:
+                raise ConfigError(
+                    f"{factor!r} is neither a parameter of the segment nor one of the "
+                    f"plugin's weights ({', '.join(defaults)}), so a weight of 0 switches "
+                    "nothing off",
+                    field=f"segments.{field}.weights.{factor}",
+                )
             continue
-        if factor not in segment.properties:
+        if spec is None:
             raise ConfigError(
                 f"{factor!r} is not a parameter of the segment "
                 f"(parameters: {', '.join(segment.properties)})",
-                field=f"{field}.weights.{factor}",
+                field=f"segments.{field}.weights.{factor}",
+            )
+        if spec.get("type") not in ("number", "integer", "array"):
+            raise ConfigError(
+                f"{factor!r} is not a number or a list, so it cannot be weighed",
+                field=f"segments.{field}.weights.{factor}",
             )
         if factor not in potential.get("scale", {}):
             raise ConfigError(
-                f"the weighted parameter {factor!r} has no reference value", field=f"{field}.scale"
+                f"the weighted parameter {factor!r} has no reference value",
+                field=f"segments.{field}.scale",
             )
 
 

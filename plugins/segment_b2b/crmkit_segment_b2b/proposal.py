@@ -150,19 +150,26 @@ def render(
 
 def _render(env: Environment, name: str, context: dict[str, Any]) -> str:
     """Render template ``name``; a broken template is a configuration error naming it."""
+    import traceback
+
     import jinja2
 
     from crmkit import ConfigError
 
+    field = "plugin.segment_b2b.templates"
     try:
         return env.get_template(name).render(context)
     except jinja2.TemplateNotFound as exc:
-        raise ConfigError(f"no template {exc.name!r} for this segment", field="templates") from None
+        raise ConfigError(f"no template {exc.name!r} for this segment", field=field) from None
     except jinja2.TemplateError as exc:
-        where = getattr(exc, "filename", None) or getattr(exc, "name", None) or name
-        line = getattr(exc, "lineno", None)
-        at = f"{where}, line {line}" if line else where
-        raise ConfigError(f"template {at}: {exc.message}", field="templates") from None
+        where, line = getattr(exc, "filename", None), getattr(exc, "lineno", None)
+        if line is None:  # an error while rendering: Jinja2 maps the frame to the template
+            frames = traceback.extract_tb(exc.__traceback__)
+            found = [f for f in frames if f.filename.endswith(".j2")]
+            if found:
+                where, line = found[-1].filename, found[-1].lineno
+        at = f"{where or name}, line {line}" if line else where or name
+        raise ConfigError(f"template {at}: {exc.message}", field=field) from None
 
 
 def _rows(props: dict[str, Any], values: dict[str, Any]) -> list[dict[str, Any]]:

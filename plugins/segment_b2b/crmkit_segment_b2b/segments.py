@@ -187,13 +187,14 @@ def score(factors: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
     reaches, else ``C``.
     """
     conf = settings["potential"]
-    plan = _PLANS.get(id(conf))
-    if plan is None or plan[0] is not conf:
-        plan = _PLANS[id(conf)] = _plan(conf)
-    _, factors_plan, categories = plan
+    weights: Mapping[str, float] = conf["weights"]
+    scale: Mapping[str, float] = conf["scale"]
+    total = sum(weights.values()) or 1.0
     contributions: dict[str, float] = {}
     points = 0.0
-    for name, share_of_100, reference in factors_plan:
+    for name, weight in weights.items():
+        if not weight:  # a weight of 0 switches a factor off
+            continue
         value = factors.get(name) or 0
         if value.__class__ is list:  # a list counts its items (the regions served ...)
             value = len(value)
@@ -201,31 +202,19 @@ def score(factors: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
             value = 0
         scaled = 0.0
         if value > 0:  # bulk imports score every row: plain arithmetic, no helpers
-            scaled = 1 + math.log10(value / reference) / 2
+            scaled = 1 + math.log10(value / scale[name]) / 2
             scaled = 0.0 if scaled < 0 else 1.0 if scaled > 1 else scaled
-        share = share_of_100 * scaled
+        share = 100 * weight * scaled / total
         points += share
         contributions[name] = round(share, 2)
     points = round(points, 1)
     category = "C"
-    for name, threshold in categories:
-        if points >= threshold:
+    threshold_of = conf["categories"]
+    for name in sorted(threshold_of, key=threshold_of.__getitem__, reverse=True):
+        if points >= threshold_of[name]:
             category = name
             break
     return Potential(score=points, category=category, factors=contributions)
-
-
-#: potential settings -> (the settings, [(factor, 100 * weight / total, reference)], categories)
-_PLANS: dict[int, tuple[Any, list[tuple[str, float, float]], list[tuple[str, float]]]] = {}
-
-
-def _plan(conf: Mapping[str, Any]) -> tuple[Any, list[tuple[str, float, float]], list[Any]]:
-    """What :func:`score` needs from the settings, worked out once per settings object."""
-    weights = {name: w for name, w in conf["weights"].items() if w}  # 0 switches a factor off
-    total = sum(weights.values()) or 1.0
-    factors = [(name, 100 * w / total, float(conf["scale"][name])) for name, w in weights.items()]
-    categories = sorted(conf["categories"].items(), key=lambda kv: -kv[1])
-    return conf, factors, categories
 
 
 def distributor_potential(params: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
@@ -357,6 +346,12 @@ CORPORATE_SETTINGS: dict[str, Any] = {
         },
         "required": ["devices_needed", "service_level"],
     },
+}
+
+#: The plugin's settings of each segment, before ``crmkit.toml`` is merged over them.
+DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
+    DISTRIBUTOR: DISTRIBUTOR_SETTINGS,
+    CORPORATE: CORPORATE_SETTINGS,
 }
 
 #: What a deployment may set under ``[segments.NAME]`` (checked when the deployment opens).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,7 @@ def test_a_weight_of_zero_switches_a_factor_off(crm: CRM) -> None:
     tuned = reopen(
         crm,
         "[segments.distributor.potential.weights]\nsales_reps = 0\nown_clients = 0\n"
-        "warehouse_area = 0\nno_such_parameter = 0\n",
+        "warehouse_area = 0\n",
     )
     settings = tuned.segment("distributor").settings
     potential = distributor_potential(DISTRIBUTOR, settings)
@@ -284,3 +285,41 @@ def test_a_weight_of_zero_switches_a_factor_off(crm: CRM) -> None:
     # turnover alone carries the whole score: 3e8 against 1e9 scores 1 + log10(0.3) / 2
     assert potential.score == round(100 * (1 + math.log10(0.3) / 2), 1)
     tuned.close()
+
+
+@pytest.mark.parametrize(
+    ("toml", "field", "says"),
+    [
+        (
+            "[segments.distributor.potential.weights]\nwarehose_area = 0\n",
+            "segments.distributor.potential.weights.warehose_area",
+            "so a weight of 0 switches nothing off",
+        ),
+        (
+            "[segments.corporate.potential.weights]\nindustry = 0.2\n"
+            "[segments.corporate.potential.scale]\nindustry = 10\n",
+            "segments.corporate.potential.weights.industry",
+            "'industry' is not a number or a list, so it cannot be weighed",
+        ),
+    ],
+)
+def test_a_weight_that_cannot_count_is_refused(crm: CRM, toml: str, field: str, says: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        reopen(crm, toml)
+    assert info.value.field == field
+    assert says in info.value.message
+
+
+def test_a_list_parameter_counts_its_items() -> None:
+    settings = {
+        "potential": {"weights": {"regions": 1}, "scale": {"regions": 10}, "categories": {"A": 90}}
+    }
+    assert score({"regions": ["a"] * 10}, settings).score == 100.0
+    assert score({"regions": ["a"]}, settings).score == 50.0
+
+
+def test_settings_are_read_afresh_on_every_score() -> None:
+    settings = copy.deepcopy(DISTRIBUTOR_SETTINGS)
+    before = distributor_potential(DISTRIBUTOR, settings)
+    settings["potential"]["weights"]["turnover"] = 5.0
+    assert distributor_potential(DISTRIBUTOR, settings).score != before.score
