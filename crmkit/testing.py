@@ -26,9 +26,12 @@ has crmkit installed can use these fixtures without importing anything:
     ``crm_factory(name="crm", plugins=None, admin="admin")`` makes more
     deployments in the same test.
 ``crmkit_database_url``
-    The database for ``crm``: SQLite in ``tmp_path`` by default; a fresh
-    database on a throwaway PostgreSQL server with
-    ``--crmkit-database=postgresql`` or ``CRMKIT_TEST_DATABASE=postgresql``.
+    A fresh, empty database for a test that makes a deployment itself
+    (``crmkit init --database URL``): None for SQLite (the default: the
+    deployment's own file), or a new database on a throwaway PostgreSQL
+    server with ``--crmkit-database=postgresql`` or
+    ``CRMKIT_TEST_DATABASE=postgresql``. ``crm`` and ``crm_factory`` use the
+    same kind of database.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def crmkit_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture
 def crmkit_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
-    """The URL of a fresh, empty database for this test (None: SQLite in the deployment)."""
+    """A fresh, empty database of the session's kind (None: SQLite in the deployment)."""
     if database_kind(request.config) == "sqlite":
         return None
     server = request.getfixturevalue("crmkit_postgres")
@@ -109,16 +112,34 @@ def crmkit_plugins() -> list[Any]:
     return []
 
 
+@pytest.fixture(scope="session")
+def _crmkit_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[Any, Any]:
+    """Migrated, empty deployments made once per session, by plugin set and admin."""
+    return {"dir": tmp_path_factory.mktemp("crmkit-templates")}
+
+
 @pytest.fixture
 def crm_factory(
-    tmp_path: Path, crmkit_database_url: str | None, crmkit_plugins: list[Any]
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    crmkit_plugins: list[Any],
+    _crmkit_templates: dict[Any, Any],
 ) -> Iterator[Callable[..., Any]]:
-    """``crm_factory(name="crm", plugins=None, admin="admin")`` makes a deployment."""
+    """``crm_factory(name="crm", plugins=None, admin="admin")`` makes a deployment.
+
+    The database is the session's kind (SQLite in the deployment's folder, or
+    a new database on the test PostgreSQL server). Creating a deployment
+    migrates every branch, which is most of a short test's time, so the first
+    deployment of each set of migrations and admin login is made with
+    :meth:`crmkit.CRM.create` and kept as a template: the next ones are copies
+    of its database (a file copy on SQLite, ``CREATE DATABASE ... TEMPLATE``
+    on PostgreSQL), the same rows and schema as a fresh ``CRM.create`` gives.
+    With ``database_url=``, the deployment is created from scratch there.
+    """
     from crmkit.core.app import CRM
     from crmkit.core.plugins import load_plugins
 
     made: list[Any] = []
-    used_default_db = False
 
     def make(
         name: str = "crm",
@@ -127,7 +148,6 @@ def crm_factory(
         admin: str = "admin",
         database_url: str | None = None,
     ) -> CRM:
-        nonlocal used_default_db
         loaded = load_plugins(entry_points=False)
         for plugin in crmkit_plugins if plugins is None else plugins:
             if isinstance(plugin, tuple):  # (name, plugin): registered under that name
@@ -135,16 +155,66 @@ def crm_factory(
             else:
                 loaded.register(plugin)
         loaded.pm.check_pending()
-        if database_url is None and not used_default_db:
-            database_url = crmkit_database_url
-            used_default_db = True
-        crm = CRM.create(tmp_path / name, database_url=database_url, admin=admin, plugins=loaded)
+        root = tmp_path / name
+        if database_url is not None:
+            crm = CRM.create(root, database_url=database_url, admin=admin, plugins=loaded)
+        else:
+            crm = _from_template(request, _crmkit_templates, root, loaded, admin)
         made.append(crm)
         return crm
 
     yield make
     for crm in made:
         crm.close()
+
+
+def _from_template(
+    request: pytest.FixtureRequest,
+    templates: dict[Any, Any],
+    root: Path,
+    plugins: Any,
+    admin: str,
+) -> Any:
+    """A new deployment in ``root``: a copy of the template for these migrations and admin."""
+    import shutil
+    import sqlite3
+
+    from crmkit.core.app import CRM
+    from crmkit.core.config import CONFIG_NAME, DEFAULT_DB_NAME, render_config
+
+    kind = database_kind(request.config)
+    branches = tuple(
+        sorted((str(m.get("branch")), str(m.get("path"))) for m in plugins.migrations())
+    )
+    key = (kind, admin, branches)
+    template = templates.get(key)
+    server = request.getfixturevalue("crmkit_postgres") if kind == "postgresql" else None
+    if template is None:
+        folder = templates["dir"] / f"template{len(templates)}"
+        url = None
+        if server is not None:
+            name = f"tpl_{uuid.uuid4().hex[:16]}"
+            url = server.create_database(name)
+        made = CRM.create(folder, database_url=url, admin=admin, plugins=plugins)
+        made.close()  # PostgreSQL copies a template only while nobody is connected to it
+        if server is not None:
+            template = templates[key] = name
+        else:  # a consistent copy of the database, WAL included
+            template = templates[key] = folder / "template.db"
+            with sqlite3.connect(folder / DEFAULT_DB_NAME) as src, sqlite3.connect(template) as dst:
+                src.backup(dst)
+    if (root / CONFIG_NAME).exists():  # as CRM.create refuses it
+        from crmkit.core.errors import DeploymentError
+
+        raise DeploymentError(f"{root} already holds a crmkit deployment", field="path")
+    root.mkdir(parents=True, exist_ok=True)
+    url = None
+    if server is not None:
+        url = server.create_database(f"t_{uuid.uuid4().hex[:16]}", template=template)
+    else:
+        shutil.copyfile(template, root / DEFAULT_DB_NAME)
+    (root / CONFIG_NAME).write_text(render_config(database_url=url, admin=admin), "utf-8")
+    return CRM.open(root, plugins=plugins)
 
 
 @pytest.fixture

@@ -599,7 +599,7 @@ def test_sqlite_backup_restores_into_postgresql(
 ) -> None:
     if not is_pg(crm):
         pytest.skip("needs PostgreSQL (CRMKIT_TEST_DATABASE=postgresql)")
-    lite = crm_factory("lite")  # the second deployment of a test is SQLite
+    lite = crm_factory("lite", database_url=f"sqlite:///{tmp_path / 'lite' / 'crmkit.db'}")
     assert lite.engine.dialect.name == "sqlite"
     seed(lite, 2500)
     with lite.session() as s:
