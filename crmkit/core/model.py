@@ -187,7 +187,8 @@ class Segment:
 
     def missing(self, params: Mapping[str, Any]) -> list[str]:
         """Primary fields that ``params`` does not fill yet."""
-        return [f for f in self.primary_fields if params.get(f) in (None, "", [])]
+        get = params.get
+        return [f for f in self.schema.get("required", ()) if get(f) in (None, "", [])]
 
     def classify(self, params: Mapping[str, Any]) -> float:
         """How well ``params`` fit this segment, from 0 to 1, judged by their names.

@@ -113,7 +113,7 @@ def core_metadata() -> MetaData:
         Column("stage", String(63), nullable=True, index=True),  # the lifecycle stage
         # the potential its segment computes from a complete card (see Segment.potential)
         Column("potential_score", Float, nullable=True),
-        Column("potential_category", String(8), nullable=True, index=True),
+        Column("potential_category", String(8), nullable=True),
     )
     Index("uq_clients_email_lower", func.lower(clients.c.email), unique=True)
     Table(

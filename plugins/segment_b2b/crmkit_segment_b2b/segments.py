@@ -190,30 +190,30 @@ def score(factors: Mapping[str, Any], settings: Mapping[str, Any]) -> Potential:
     weights: Mapping[str, float] = conf["weights"]
     scale: Mapping[str, float] = conf["scale"]
     total = sum(weights.values()) or 1.0
+    log10 = math.log10
     contributions: dict[str, float] = {}
     points = 0.0
+    # a bulk import scores every row: plain arithmetic on locals, no helper calls
     for name, weight in weights.items():
         if not weight:  # a weight of 0 switches a factor off
             continue
         value = factors.get(name) or 0
-        if value.__class__ is list:  # a list counts its items (the regions served ...)
+        kind = value.__class__
+        if kind is list:  # a list counts its items (the regions served ...)
             value = len(value)
-        elif not isinstance(value, int | float):
+        elif kind is not int and kind is not float:
             value = 0
-        scaled = 0.0
-        if value > 0:  # bulk imports score every row: plain arithmetic, no helpers
-            scaled = 1 + math.log10(value / scale[name]) / 2
-            scaled = 0.0 if scaled < 0 else 1.0 if scaled > 1 else scaled
-        share = 100 * weight * scaled / total
+        share = 0.0
+        if value > 0:
+            scaled = 1 + log10(value / scale[name]) / 2
+            share = 100 * weight * (0.0 if scaled < 0 else 1.0 if scaled > 1 else scaled) / total
         points += share
         contributions[name] = round(share, 2)
     points = round(points, 1)
-    category = "C"
-    threshold_of = conf["categories"]
-    for name in sorted(threshold_of, key=threshold_of.__getitem__, reverse=True):
-        if points >= threshold_of[name]:
-            category = name
-            break
+    category, reached = "C", -1.0
+    for name, threshold in conf["categories"].items():  # the highest threshold reached
+        if threshold <= points and threshold > reached:
+            category, reached = name, threshold
     return Potential(score=points, category=category, factors=contributions)
 
 
