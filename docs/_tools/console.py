@@ -235,6 +235,23 @@ def page_env() -> dict[str, str]:
     return env
 
 
+def _run(
+    command: str | list[str], cwd: Path, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` (a shell line, or an argument list) as the page's reader would."""
+    return subprocess.run(
+        command,
+        shell=isinstance(command, str),
+        input=stdin,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TIMEOUT,
+    )
+
+
 def walk(text: str, folder: Path) -> Walk:
     """Run the page ``text`` in ``folder`` (which should be empty), top to bottom."""
     env = page_env()
@@ -296,15 +313,7 @@ def _step(
     _expect(target, "python", step)
     printed = _next_block(items, i + 1, step)
     _expect(printed, "text", step)
-    run = subprocess.run(
-        [sys.executable, "-c", target.text],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT,
-    )
+    run = _run([sys.executable, "-c", target.text], cwd, env)
     result.shown.append(Shown(printed, target.text, printed.text, run.stdout + run.stderr))
     return i + 2
 
@@ -359,16 +368,7 @@ def _expect(block: Block, lang: str, step: Directive) -> None:
 
 
 def _hidden(step: Directive, cwd: Path, env: dict[str, str]) -> None:
-    run = subprocess.run(
-        step.argument,
-        shell=True,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT,
-    )
+    run = _run(step.argument, cwd, env)
     if run.returncode:
         raise PageError(
             f"line {step.line}: hidden step failed ({run.returncode}): {step.argument}\n"
@@ -397,17 +397,8 @@ def _console(block: Block, cwd: Path, env: dict[str, str], result: Walk) -> Path
             result.status = 0
             result.shown.append(Shown(block, f"$ {command}", expected, ""))
             continue
-        run = subprocess.run(
-            # "$?" is the exit code of the command before, as in one shell
-            f"(exit {result.status}); {command}" if result.status else command,
-            shell=True,
-            cwd=cwd,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=TIMEOUT,
-        )
+        # "$?" is the exit code of the command before, as in one shell
+        run = _run(f"(exit {result.status}); {command}" if result.status else command, cwd, env)
         result.status = run.returncode
         result.shown.append(Shown(block, f"$ {command}", expected, run.stdout + run.stderr))
     return cwd
@@ -433,16 +424,7 @@ json.dump(printed, sys.stdout)
 
 def _pycon(block: Block, cwd: Path, env: dict[str, str], result: Walk) -> None:
     examples = doctest.DocTestParser().get_examples(block.text)
-    run = subprocess.run(
-        [sys.executable, "-c", _PYCON],
-        input=json.dumps([e.source for e in examples]),
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=TIMEOUT,
-    )
+    run = _run([sys.executable, "-c", _PYCON], cwd, env, json.dumps([e.source for e in examples]))
     if run.returncode:
         raise PageError(f"line {block.line}: the pycon block could not run:\n{run.stderr}")
     for example, printed in zip(examples, json.loads(run.stdout), strict=True):
