@@ -553,14 +553,25 @@ def client_options(*, adding: bool) -> Callable[[Callable[..., Any]], Callable[.
     return decorate
 
 
-def _params(crm: CRM, segment: str | None, pairs: Sequence[str]) -> dict[str, Any]:
+def parse_values(
+    pairs: Iterable[str], properties: dict[str, Any], *, option: str
+) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as JSON values typed by a schema's ``properties``.
+
+    VALUE is JSON or text (text where the property is a string); an empty
+    VALUE gives None, which the commands read as "remove this key".
+    """
     from crmkit.core.validation import parse_value
 
-    raw = parse_pairs(pairs, option="param")
+    raw = parse_pairs(pairs, option=option)
+    return {k: (None if v == "" else parse_value(v, properties.get(k))) for k, v in raw.items()}
+
+
+def _params(crm: CRM, segment: str | None, pairs: Sequence[str]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     if segment and segment in crm.segments:
-        props = crm.segments[segment].schema.get("properties", {})
-    return {k: (None if v == "" else parse_value(v, props.get(k))) for k, v in raw.items()}
+        props = crm.segments[segment].properties
+    return parse_values(pairs, props, option="param")
 
 
 def _merged_params(

@@ -544,3 +544,10 @@ def test_an_enum_option_reaches_the_report_with_its_declared_type(crm, register_
     refused = invoke("report", "months", "--months", "7")
     assert refused.exit_code == 2 and "'7' is not one of" in refused.stderr
     assert seen == [6, 3]
+
+
+def test_cli_report_out_that_cannot_be_written(crm, invoke, tmp_path):
+    result = invoke("report", "new_clients", "--out", str(tmp_path / "missing" / "r.csv"))
+    assert result.exit_code == 1, result
+    assert result.stderr.startswith("Error: out: cannot write ")
+    assert "Traceback" not in result.stderr

@@ -905,3 +905,25 @@ def test_rescore_applies_new_settings_to_stored_cards(crm, invoke):
     shown = invoke("segment", "show", "shop", json=True).json
     assert shown["settings"]["weights"]["area"] == 0.01
     assert "Checked 1 cards" in invoke("segment", "rescore", "--segment", "shop").output
+
+
+def test_rescore_writes_in_batches_and_classifies(crm):
+    with crm.session() as s:
+        shops = [
+            s.clients.create(f"Shop {i}", segment="shop", params={"area": 10 * i})
+            for i in (1, 2, 3)
+        ]
+        free = s.clients.create("Free", params={"colour": "red"})  # fits no segment
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(path.read_text("utf-8") + "\n[segments.shop.weights]\narea = 0.05\n", "utf-8")
+    tuned = crmkit.CRM.open(crm.config.root, plugins=crm.plugins)
+    with tuned.session() as s:
+        assert s.clients.rescore(batch_size=2) == {"checked": 4, "rescored": 3, "classified": 0}
+        for shop in shops:
+            fresh = s.clients.get(shop.id)
+            assert fresh.potential_score == tuned.segment("shop").potential(fresh.params).score
+            [event] = [e for e in s.events("client", shop.id) if e["action"] == "rescored"]
+            assert set(event["data"]) == {"potential_score"}  # only what changed
+        assert s.clients.get(free.id).segment is None
+        assert s.clients.rescore() == {"checked": 4, "rescored": 0, "classified": 0}
+    tuned.close()

@@ -9,7 +9,6 @@ which are JSON Schema properties (an ``integer`` becomes an integer option, a
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from crmkit.cli import State, _plain, cli, emit
+from crmkit.core.errors import CrmError
 
 if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.reports import Report, ReportResult
@@ -59,8 +59,11 @@ def report_command(report: Report) -> click.Command:
         with state.session(readonly=True) as s:
             result = s.report(report.name, **given)
         if out is not None:
-            with open(out, "w", encoding="utf-8", newline="") as handle:
-                _write(result, report, fmt, handle)
+            try:
+                with open(out, "w", encoding="utf-8", newline="") as handle:
+                    _write(result, report, fmt, handle)
+            except OSError as exc:
+                raise CrmError(f"cannot write {out}: {exc.strerror}", field="out") from None
             click.echo(f"Wrote {len(result.rows)} rows to {out}", err=True)
             return
         _write(result, report, fmt, None)
@@ -125,6 +128,8 @@ def _write(result: ReportResult, report: Report, fmt: str, handle: Any) -> None:
         click.echo(text, file=handle)
         return
     if fmt == "csv":
+        import csv
+
         writer = csv.writer(handle or sys.stdout, lineterminator="\n")
         writer.writerow([c.name for c in result.columns])
         for row in result.rows:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from sqlalchemy import Connection, Row, Table, func, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .errors import (
@@ -542,17 +542,16 @@ class Clients(_Repo):
         if segment is not None:
             crm.segment(segment)
         counts = dict.fromkeys(("checked", "rescored", "classified"), 0)
+        changed: builtins.list[tuple[Client, dict[str, Any]]] = []
         for card in self.iter(batch_size=batch_size, segment=segment):
             if not card.params:
                 continue
             counts["checked"] += 1
             name = card.segment
-            classified = False
             if name is None:
                 name = crm.classify(card.params)
                 if name is None or crm.segment(name).validate(card.params):
                     continue
-                classified = True
             seg = crm.segments.get(name)
             if seg is None:  # the segment's plugin is gone: leave the card as it is
                 continue
@@ -562,19 +561,48 @@ class Clients(_Repo):
                 "potential_score": None if potential is None else potential.score,
                 "potential_category": None if potential is None else potential.category,
             }
-            old = {k: getattr(card, k) for k in values}
-            diff = {k: v for k, v in values.items() if old[k] != v}
-            if not diff:
-                continue
-            self.conn.execute(update(self.t).where(self.t.c.id == card.id).values(diff))
-            self.s.record(
-                "client",
-                card.id,
-                "rescored",
-                {k: {"old": old[k], "new": v} for k, v in diff.items()},
-            )
-            counts["classified" if classified else "rescored"] += 1
+            if any(getattr(card, k) != v for k, v in values.items()):
+                counts["classified" if card.segment is None else "rescored"] += 1
+                changed.append((card, values))
+            if len(changed) >= batch_size:
+                self._store_scores(changed)
+                changed = []
+        self._store_scores(changed)
         return counts
+
+    def _store_scores(self, changed: builtins.list[tuple[Client, dict[str, Any]]]) -> None:
+        """Write rescored cards and their events: two statements per batch, not two per card."""
+        if not changed:
+            return
+        t = self.t
+        self.conn.execute(
+            update(t)
+            .where(t.c.id == bindparam("card_id"))
+            .values({k: bindparam(f"new_{k}") for k in changed[0][1]}),
+            [
+                {"card_id": card.id, **{f"new_{k}": v for k, v in new.items()}}
+                for card, new in changed
+            ],
+        )
+        now = utcnow()
+        self.conn.execute(
+            insert(self.s.tables["events"]),
+            [
+                {
+                    "at": now,
+                    "user_id": self.s.user.id,
+                    "entity": "client",
+                    "entity_id": card.id,
+                    "action": "rescored",
+                    "data": {
+                        k: {"old": getattr(card, k), "new": v}
+                        for k, v in new.items()
+                        if getattr(card, k) != v
+                    },
+                }
+                for card, new in changed
+            ],
+        )
 
     # -- internals ---------------------------------------------------------
     def _select(self) -> Any:

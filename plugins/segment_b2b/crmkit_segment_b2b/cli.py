@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from crmkit.cli import State, emit, format_option, parse_pairs, pass_state
+from crmkit.cli import State, emit, format_option, parse_values, pass_state
 
 
 def add_commands(cli: click.Group) -> None:
@@ -38,18 +38,14 @@ def needs_set(
     state: State, client_id: int, pairs: tuple[str, ...], replace: bool, fmt: str
 ) -> None:
     """Fill in the needs card of CLIENT_ID: KEY=VALUE, VALUE as JSON or text (empty removes)."""
-    from crmkit.core.validation import parse_value
-
     from .needs import needs_schema, set_needs
 
-    raw = parse_pairs(pairs, option="needs")
     with state.session() as s:
         client = s.clients.get(client_id)
         props: dict[str, Any] = {}
         if client.segment in s.crm.segments:
             props = needs_schema(s.crm.segment(client.segment))["properties"]
-        values = {k: None if v == "" else parse_value(v, props.get(k)) for k, v in raw.items()}
-        set_needs(s, client_id, values, replace=replace)
+        set_needs(s, client_id, parse_values(pairs, props, option="needs"), replace=replace)
         view = _needs_view(s, client_id)
     if fmt == "table":
         click.echo(f"Updated the needs card of client #{client_id}")
@@ -204,19 +200,24 @@ def proposal_render(
     Refused, with every missing field listed, while the client card's primary
     fields or its needs card are incomplete.
     """
+    from crmkit import CrmError
+
     from .proposal import ProposalRefused, render
 
     try:
         with state.session() as s:
             made = render(s, client_id, deal_id=deal_id, log=not no_log)
+            if out is not None:  # before the commit: a file that cannot be written logs nothing
+                html = as_html or out.suffix.lower() in (".html", ".htm")
+                try:
+                    out.write_text(made.html if html else made.markdown, encoding="utf-8")
+                except OSError as exc:
+                    raise CrmError(f"cannot write {out}: {exc.strerror}", field="out") from None
     except ProposalRefused as refused:
         click.echo(f"Error: proposal refused: {refused.message}", err=True)
         for problem in refused.problems:
             click.echo(f"  - {problem}", err=True)
         sys.exit(refused.exit_code)
-    if out is not None:
-        html = as_html or out.suffix.lower() in (".html", ".htm")
-        out.write_text(made.html if html else made.markdown, encoding="utf-8")
     if fmt == "json":
         emit(made, fmt)
         return

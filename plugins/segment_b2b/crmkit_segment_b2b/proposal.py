@@ -37,8 +37,7 @@ class ProposalRefused(ValidationError):
     """The gate is not met: ``problems`` lists every missing field (exit code 2)."""
 
     def __init__(self, message: str, problems: list[Problem], *, step: str) -> None:
-        super().__init__(message, field=problems[0].field if problems else None)
-        self.problems = problems
+        super().__init__(message, field=problems[0].field if problems else None, problems=problems)
         #: ``"card"`` (primary fields missing) or ``"needs"`` (the needs card is incomplete)
         self.step = step
 

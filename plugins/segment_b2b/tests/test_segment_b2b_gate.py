@@ -355,3 +355,16 @@ def test_client_show_has_the_plugins_facts(invoke: CliRun) -> None:
     )
     assert facts["proposal_gate"][0].startswith("needs.budget")
     assert "potential_now" not in facts
+
+
+def test_an_out_file_that_cannot_be_written_logs_nothing(invoke: CliRun, tmp_path: Path) -> None:
+    cid = str(invoke("client", "add", "Corp", "--segment", "corporate", json=True).json["id"])
+    invoke("client", "set-params", cid, *_args(CORPORATE))
+    invoke("needs", "set", cid, *_args(CORPORATE_NEEDS))
+    result = invoke("proposal", "render", cid, "--out", str(tmp_path / "no" / "such" / "kp.md"))
+    assert result.exit_code == 1, result
+    assert result.stderr.startswith("Error: out: cannot write ")
+    assert "Traceback" not in result.stderr
+    interactions = invoke("interaction", "list", "--client", cid, json=True)
+    assert interactions.exit_code == 0, interactions
+    assert interactions.json == []  # the rendering was rolled back with the failed write
