@@ -105,7 +105,7 @@ def core_metadata() -> MetaData:
         Column("requisites", JSONType, nullable=False, default=dict),
         Column("segment", String(100), nullable=True, index=True),
         Column("params", JSONType, nullable=False, default=dict),
-        Column("owner_id", Integer, ForeignKey("users.id", ondelete="RESTRICT"), index=True),
+        Column("owner_id", Integer, ForeignKey("users.id", ondelete="RESTRICT")),
         Column("source", String(100), nullable=True, index=True),
         Column("external_id", String(200), nullable=True, unique=True),
         Column("created_at", UTCDateTime, nullable=False, default=utcnow, index=True),
@@ -116,6 +116,8 @@ def core_metadata() -> MetaData:
         Column("potential_category", String(8), nullable=True),
     )
     Index("uq_clients_email_lower", func.lower(clients.c.email), unique=True)
+    # a manager's page of clients, newest first, is one index range (revision crmkit_0005)
+    Index("ix_clients_owner_id_id", clients.c.owner_id, clients.c.id)
     Table(
         "contacts",
         metadata,
@@ -146,6 +148,7 @@ def core_metadata() -> MetaData:
     )
     Index("ix_events_entity", events.c.entity, events.c.entity_id)
     _lifecycle_tables(metadata)
+    _access_tables(metadata)
     return metadata
 
 
@@ -162,7 +165,7 @@ def _lifecycle_tables(metadata: MetaData) -> None:
         Column("title", String(300), nullable=False),
         Column("amount", Numeric(16, 2), nullable=False, default=0),
         Column("currency", String(3), nullable=False),
-        Column("owner_id", Integer, ForeignKey("users.id", ondelete="RESTRICT"), index=True),
+        Column("owner_id", Integer, ForeignKey("users.id", ondelete="RESTRICT")),
         Column("expected_close", Date, nullable=True),
         Column("lost_reason", String(63), nullable=True),
         Column("opened_at", UTCDateTime, nullable=False, default=utcnow),
@@ -175,6 +178,7 @@ def _lifecycle_tables(metadata: MetaData) -> None:
     # table (a rebuild would cascade to invoices and tasks); named by NAMING_CONVENTION["uq"]
     Index("uq_deals_external_id", deals.c.external_id, unique=True)
     Index("ix_deals_client_id", deals.c.client_id)
+    Index("ix_deals_owner_id_id", deals.c.owner_id, deals.c.id)  # revision crmkit_0005
     Index("ix_deals_pipeline_stage", deals.c.pipeline, deals.c.stage)
     changes = Table(
         "stage_changes",
@@ -265,6 +269,53 @@ def _lifecycle_tables(metadata: MetaData) -> None:
     Index("ix_tasks_assignee_due", tasks.c.assignee_id, tasks.c.due_at)
     Index("ix_tasks_deal_id", tasks.c.deal_id)
     Index("ix_tasks_client_id", tasks.c.client_id)
+
+
+def _access_tables(metadata: MetaData) -> None:
+    """The audit log, read quotas' counters and API tokens (revision crmkit_0005).
+
+    ``audit_log`` has no foreign keys on purpose: an entry is never changed
+    after it is written (its hash covers every column), so deleting a user
+    must not rewrite it.
+    """
+    audit = Table(
+        "audit_log",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("at", UTCDateTime, nullable=False),
+        Column("user_id", Integer, nullable=True),
+        Column("login", String(100), nullable=True),
+        Column("kind", String(10), nullable=False),  # "access" or "change"
+        Column("action", String(50), nullable=False),
+        Column("resource", String(50), nullable=False),
+        Column("allowed", Boolean, nullable=False),
+        Column("record_ids", JSONType, nullable=True),
+        Column("detail", JSONType, nullable=False, default=dict),
+        Column("prev_hash", String(64), nullable=False),
+        Column("hash", String(64), nullable=False),
+    )
+    Index("ix_audit_log_at", audit.c.at)
+    Index("ix_audit_log_user_id_at", audit.c.user_id, audit.c.at)
+    Table(
+        "access_reads",
+        metadata,
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+        Column("day", Date, primary_key=True),
+        Column("client_id", Integer, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True),
+    )
+    tokens = Table(
+        "api_tokens",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+        Column("name", String(100), nullable=False),
+        Column("token_hash", String(64), nullable=False, unique=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        Column("expires_at", UTCDateTime, nullable=True),
+        Column("last_used_at", UTCDateTime, nullable=True),
+        Column("revoked_at", UTCDateTime, nullable=True),
+    )
+    Index("ix_api_tokens_user_id", tokens.c.user_id)
 
 
 def build_metadata(plugins: Plugins | None = None) -> MetaData:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -31,8 +32,22 @@ from .schema import utcnow
 from .validation import normalize_email, normalize_phone, require_text
 
 if TYPE_CHECKING:
+    from .access import Access
     from .app import CRM
     from .reports import ReportResult  # pragma: no cover
+
+@attrs.frozen
+class AuditEntry:
+    """One entry of the audit log, before it is chained and written."""
+
+    at: dt.datetime
+    kind: str
+    action: str
+    resource: str
+    allowed: bool
+    record_ids: builtins.list[int] | None
+    detail: dict[str, Any]
+
 
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")
 _MISSING: Any = object()
@@ -57,6 +72,41 @@ class Session:
         self.invoices = Invoices(self)
         self.tasks = Tasks(self)
         self.history = History(self)
+        #: audit entries of this session, written when it ends (see :meth:`audit`)
+        self.audit_buffer: builtins.list[AuditEntry] = []
+
+    @cached_property
+    def access(self) -> Access:
+        """The access policies as they apply to the acting user (:class:`~crmkit.core.access.Access`)."""
+        return self.crm.access.for_user(self)
+
+    def audit(
+        self,
+        action: str,
+        resource: str,
+        *,
+        ids: Iterable[int] | None = None,
+        allowed: bool = True,
+        detail: dict[str, Any] | None = None,
+        kind: str = "access",
+    ) -> None:
+        """Add an entry to the tamper-evident audit log (written when the session ends).
+
+        ``kind="access"`` entries are decisions (who read, exported or was
+        refused which records) and are kept even when the session rolls back;
+        ``kind="change"`` entries describe changes and are dropped with them.
+        """
+        self.audit_buffer.append(
+            AuditEntry(
+                at=utcnow(),
+                kind=kind,
+                action=action,
+                resource=resource,
+                allowed=allowed,
+                record_ids=None if ids is None else builtins.list(ids),
+                detail=detail or {},
+            )
+        )
 
     def table(self, name: str) -> Table:
         """A table by name, the core's or a plugin's."""
