@@ -32,6 +32,9 @@ database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
 
     [pipelines.NAME]              # a pipeline definition (see crmkit.core.pipeline)
 
+    [access]
+    policies = ["policies.json"]  # policy documents, relative to the deployment folder
+
     [plugin.NAME]                 # each plugin's own settings
 
 ``CRMKIT_DATABASE_URL`` overrides ``database.url`` (so a password need not
@@ -137,6 +140,13 @@ CONFIG_SCHEMA: dict[str, Any] = {
             },
         },
         "pipelines": {"type": "object", "additionalProperties": {"type": "object"}},
+        "access": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "policies": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+        },
         "plugin": {"type": "object", "additionalProperties": {"type": "object"}},
     },
     "$defs": {
@@ -171,6 +181,7 @@ class Config:
     interactions: dict[str, dict[str, Any]] = field(factory=dict)
     pipelines: dict[str, dict[str, Any]] = field(factory=dict)
     plugin_settings: dict[str, dict[str, Any]] = field(factory=dict)
+    access_policies: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> Config:
@@ -227,6 +238,7 @@ class Config:
             interactions=data.get("interactions", {}),
             pipelines=data.get("pipelines", {}),
             plugin_settings=data.get("plugin", {}),
+            access_policies=tuple(data.get("access", {}).get("policies", ())),
         )
 
     def plugin(self, name: str) -> dict[str, Any]:

@@ -26,8 +26,18 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
     from sqlalchemy import MetaData
 
+    from .access import Quota, Resource
     from .app import CRM
-    from .model import Client, Deal, Interaction, InteractionKind, Invoice, Segment, StageChange
+    from .model import (
+        Client,
+        Deal,
+        Interaction,
+        InteractionKind,
+        Invoice,
+        Segment,
+        StageChange,
+        User,
+    )
     from .pipeline import Pipeline, Stage
     from .reports import Report
     from .store import Session
@@ -251,4 +261,41 @@ def crmkit_sample_client(session: Session, client: Client, random: Any) -> None:
     plugin's gates can be met (the segment plugin fills the needs card here).
     ``random`` is the sample's seeded :class:`random.Random`: use it, and the
     sample stays the same from run to run.
+    """
+
+
+@hookspec
+def crmkit_access_policies() -> list[dict[str, Any]] | None:
+    """Register access policy documents (JSON, as dicts or JSON text).
+
+    Each document is checked against the policy meta-schema
+    (:data:`crmkit.core.access.POLICY_SCHEMA`) when the deployment opens:
+    ``{"version": 1, "default": "deny", "rules": [...], "quotas": [...]}``.
+    A rule allows or denies ``actions`` on a ``resource`` to ``roles`` when
+    its ``when`` (JSON Schema over ``{"subject", "action", "resource"}``)
+    holds; see :doc:`/access`. Two plugins may not register the same rule id;
+    a deployment's policy file replaces a plugin's rule of the same id.
+    """
+
+
+@hookspec
+def crmkit_access_resources() -> list[Resource] | None:
+    """Declare resources that policies protect, or more actions and attributes on one.
+
+    Return :class:`crmkit.core.access.Resource` objects: a name, the table
+    its records live in, their attributes (each a JSON type and a column, or
+    a column reached through a foreign key) and the actions on it. A resource
+    with the name of an existing one adds its actions, attributes and
+    hideable fields to it.
+    """
+
+
+@hookspec
+def crmkit_read_quota_exceeded(crm: CRM, user: User, quota: Quota, heads: list[User]) -> None:
+    """Called when ``user`` is refused a client card past a daily read quota.
+
+    ``heads`` are the heads of the user's team and of the teams above it
+    (the deployment's admin when there is none). Called after the refused
+    session ended, outside any transaction: open a session of your own to
+    write anything. The built-in access plugin gives each head a task.
     """

@@ -74,6 +74,8 @@ class Contact:
     email: str | None = None
     phone: str | None = None
     created_at: dt.datetime | None = None
+    #: fields an access policy hides from the reader (they read as empty)
+    hidden: tuple[str, ...] = ()
 
 
 @frozen
@@ -99,6 +101,8 @@ class Client:
     potential_score: float | None = None
     #: the potential's category (``A``, ``B``, ``C`` ...), None while the card is incomplete
     potential_category: str | None = None
+    #: fields an access policy hides from the reader (they read as empty)
+    hidden: tuple[str, ...] = ()
 
 
 @frozen
@@ -329,6 +333,8 @@ class Interaction:
     note: str | None = None
     created_at: dt.datetime | None = None
     external_id: str | None = None  #: the id in the system it was imported from
+    #: fields an access policy hides from the reader (they read as empty)
+    hidden: tuple[str, ...] = ()
 
 
 @frozen

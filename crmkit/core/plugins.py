@@ -41,13 +41,15 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
     from sqlalchemy import MetaData
 
+    from .access import Quota
     from .app import CRM
-    from .model import Client, Deal, Interaction, Invoice, Segment, StageChange
+    from .model import Client, Deal, Interaction, Invoice, Segment, StageChange, User
     from .pipeline import Pipeline, Stage
     from .store import Session
 
 #: Dotted names of the built-in plugins, registered before any other.
 DEFAULT_PLUGINS: tuple[str, ...] = (
+    "crmkit.plugins.access",
     "crmkit.plugins.channels",
     "crmkit.plugins.interactions",
     "crmkit.plugins.pipelines",
@@ -230,6 +232,18 @@ class Plugins:
     def reports(self) -> list[tuple[Any, str | None]]:
         """``(report, plugin name)`` pairs (``crmkit_reports``), built-ins first."""
         return self._with_names(self.pm.hook.crmkit_reports)
+
+    def access_policies(self) -> list[tuple[Any, str | None]]:
+        """``(policy document, plugin name)`` pairs (``crmkit_access_policies``)."""
+        return self._with_names(self.pm.hook.crmkit_access_policies)
+
+    def access_resources(self) -> list[tuple[Any, str | None]]:
+        """``(resource, plugin name)`` pairs (``crmkit_access_resources``)."""
+        return self._with_names(self.pm.hook.crmkit_access_resources)
+
+    def read_quota_exceeded(self, crm: CRM, user: User, quota: Quota, heads: list[User]) -> None:
+        """Tell every plugin that ``user`` was refused past a read quota."""
+        self.pm.hook.crmkit_read_quota_exceeded(crm=crm, user=user, quota=quota, heads=heads)
 
     def client_details(self, session: Session, client: Client) -> dict[str, dict[str, Any]]:
         """Each plugin's facts about ``client`` (``crmkit_client_details``), by plugin name.
