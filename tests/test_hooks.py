@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import click
@@ -553,3 +554,156 @@ def test_crmkit_sample_client(crm, register_plugin):
     assert sorted(c[0] for c in calls) == ["admin", "admin", "partial", "partial"]
     drawn = [c[2] for c in calls if c[0] == "admin"]
     assert drawn[0] == drawn[1] == random.Random(1).random()  # the seeded generator is used
+
+
+def test_crmkit_access_policies(crm, register_plugin):
+    """A plugin's policy lets marketers update the source of client cards that have none."""
+    with crm.session() as s:
+        s.users.add("mark", role="marketer")
+        blank = s.clients.create("No source yet")
+        sourced = s.clients.create("Sourced", source="website")
+
+    class Plugin:
+        @hookimpl
+        def crmkit_access_policies(self):
+            return [
+                json.dumps(  # a document may be given as JSON text too
+                    {
+                        "version": 1,
+                        "default": "deny",
+                        "rules": [
+                            {
+                                "id": "marketers-fill-sources",
+                                "effect": "allow",
+                                "roles": ["marketer"],
+                                "actions": ["update"],
+                                "resource": "client",
+                                "when": {
+                                    "properties": {
+                                        "resource": {"properties": {"source": {"type": "null"}}}
+                                    }
+                                },
+                            }
+                        ],
+                    }
+                )
+            ]
+
+    register_plugin(Plugin())
+    with crm.session(as_user="mark") as s:
+        assert s.clients.update(blank.id, source="event").source == "event"
+        with pytest.raises(crmkit.PermissionDenied, match="no rule allows it"):
+            s.clients.update(sourced.id, source="event")
+
+
+def test_crmkit_access_resources(crm, register_plugin):
+    """A plugin adds an action and an attribute to clients, and a resource of its own table."""
+    from crmkit.core.access import Attribute, Col, Resource, Via
+
+    class Plugin:
+        @hookimpl
+        def crmkit_access_resources(self):
+            return [
+                Resource("client", "clients", actions=("merge",)),
+                Resource(
+                    "contact_mail",
+                    "contacts",
+                    {
+                        "id": Attribute("id", "integer", Col("id"), False),
+                        "owner_id": Attribute(
+                            "owner_id", "integer", Via("client_id", "clients", Col("owner_id"))
+                        ),
+                    },
+                    actions=("read", "send"),
+                ),
+            ]
+
+        @hookimpl
+        def crmkit_access_policies(self):
+            return [
+                {
+                    "version": 1,
+                    "rules": [
+                        {
+                            "id": "owners-send-mail",
+                            "effect": "allow",
+                            "roles": ["manager"],
+                            "actions": ["send", "read"],
+                            "resource": "contact_mail",
+                            "when": {
+                                "properties": {
+                                    "resource": {
+                                        "properties": {"owner_id": {"const": {"$subject": "id"}}}
+                                    }
+                                }
+                            },
+                        }
+                    ],
+                }
+            ]
+
+    register_plugin(Plugin())
+    assert "merge" in crm.access.resource("client").actions
+    with crm.session() as s:
+        s.users.add("anna", role="manager")
+        s.users.add("boris", role="manager")
+        mine = s.clients.create("Mine", owner="anna")
+        theirs = s.clients.create("Theirs", owner="boris")
+        a = s.contacts.add(mine.id, "A")
+        b = s.contacts.add(theirs.id, "B")
+    with crm.session(as_user="anna", readonly=True) as s:
+        assert s.access.allows("send", "contact_mail", s.access.view("contact_mail", a.id))
+        assert not s.access.allows("send", "contact_mail", s.access.view("contact_mail", b.id))
+        t = s.tables["contacts"]
+        ids = s.connection.execute(s.access.filter(select(t.c.id), "read", "contact_mail"))
+        assert list(ids.scalars()) == [a.id]
+        assert not s.access.may("merge", "client")  # declared, but no rule gives it
+
+    class Bad:
+        @hookimpl
+        def crmkit_access_resources(self):
+            return [Resource("x", None, {"a": Attribute("a", "date", Col("a"))})]
+
+    register_plugin(Bad())
+    with pytest.raises(crmkit.PluginError, match="has type 'date'"):
+        crm.access  # noqa: B018
+
+
+def test_crmkit_read_quota_exceeded(crm, register_plugin, tmp_path):
+    """Called once per user and day, after the refused session, with the heads to tell."""
+    calls = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_access_policies(self):
+            return [
+                {
+                    "version": 1,
+                    "rules": [],
+                    "quotas": [
+                        {"id": "tight", "roles": ["manager"], "resource": "client", "per_day": 1}
+                    ],
+                }
+            ]
+
+        @hookimpl
+        def crmkit_read_quota_exceeded(self, crm, user, quota, heads):
+            calls.append((user.login, quota.id, quota.per_day, [h.login for h in heads]))
+
+    with crm.session() as s:
+        s.teams.add("sales")
+        s.teams.add("sales-1", parent="sales")
+        s.users.add("hanna", role="head", team="sales")
+        s.users.add("anna", role="manager", team="sales-1")
+        one = s.clients.create("One", owner="anna")
+        two = s.clients.create("Two", owner="anna")
+    register_plugin(Plugin())
+    with crm.session(as_user="anna", readonly=True) as s:
+        s.clients.get(one.id)
+    for _ in range(2):
+        with (
+            pytest.raises(crmkit.PermissionDenied, match="the head has been told"),
+            crm.session(as_user="anna", readonly=True) as s,
+        ):
+            s.clients.get(two.id)
+    assert calls == [("anna", "tight", 1, ["hanna"])]

@@ -43,6 +43,7 @@ from sqlalchemy import (
     ColumnElement,
     Table,
     and_,
+    case,
     false,
     func,
     literal,
@@ -54,7 +55,7 @@ from sqlalchemy import (
 from sqlalchemy import (
     cast as sql_cast,
 )
-from sqlalchemy.types import Integer as SQLInteger
+from sqlalchemy.types import BigInteger
 
 from .errors import ConfigError, CrmError, NotFound, PermissionDenied, PluginError, ValidationError
 
@@ -756,8 +757,8 @@ def _fits(value: Any, typ: str) -> bool:
         return isinstance(value, bool)
     if typ == "string":
         return isinstance(value, str)
-    if typ == "integer":
-        return _is_number(value) and float(value).is_integer()
+    if typ == "integer":  # and within 64 bits, as every SQL integer is
+        return _is_number(value) and float(value).is_integer() and -(2**63) <= value < 2**63
     return _is_number(value)
 
 
@@ -882,7 +883,10 @@ def _leaf_sql(
     if kw == "present":
         return col.isnot(None)
     if kw == "integral":
-        return and_(col.isnot(None), col == sql_cast(col, SQLInteger))
+        # a float of magnitude 2**53 or more is integral; below that a BIGINT holds it (an
+        # INTEGER does not: PostgreSQL fails on a score or amount >= 2**31, SQLite saturates)
+        big = func.abs(col) >= literal(2.0**53)
+        return and_(col.isnot(None), case((big, true()), else_=col == sql_cast(col, BigInteger)))
     if kw in ("const", "enum"):
         values = [v] if kw == "const" else list(v)
         values = [_sql_value(x, leaf.attr.type) for x in values]
@@ -892,7 +896,7 @@ def _leaf_sql(
         length = func.length(col)
         cond = length >= v if kw == "minLength" else length <= v
     else:
-        bound = literal(v)
+        bound = _sql_value(v, leaf.attr.type)
         cond = {
             "minimum": col >= bound,
             "maximum": col <= bound,
@@ -903,9 +907,14 @@ def _leaf_sql(
 
 
 def _sql_value(value: Any, typ: str) -> Any:
-    if typ == "integer" and isinstance(value, float):
-        return int(value)
-    return value
+    """A constant as a parameter of a SQL type that holds it (the column's may not)."""
+    if not _is_number(value):
+        return value
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:
+        return literal(float(value))  # no 64-bit integer holds it: compared as a float
+    if _fits(value, "integer") and typ == "integer":
+        return literal(int(value), BigInteger)  # 3e9 against an INTEGER column is no error
+    return literal(value)
 
 
 # -- the engine -------------------------------------------------------------------------
@@ -1086,6 +1095,7 @@ class Access:
         compiled = self.compiled(action, resource)
         if not compiled.applies:
             user = self.session.user
+            self.session.audit(action, resource, allowed=False, detail={"reason": "no rule"})
             raise PermissionDenied(
                 f"user {user.login!r} ({user.role.value}) may not {action} "
                 f"{compiled.resource.title or resource}: no policy rule allows it",

@@ -175,6 +175,9 @@ def run(session: Session, query: ReportQuery) -> ReportResult:
     payments = payments.where(in_period, invoices.c.currency == currency)
     if segment_cond is not None:
         payments = payments.where(segment_cond)
+    # only the payments and clients the reader may read count (the access policies, in SQL)
+    payments = session.access.filter(payments, "read", "invoice")
+    payments = session.access.filter(payments, "read", "client")
     pay = payments.subquery("payments")
 
     # a subquery per level: PostgreSQL does not group by an expression holding parameters

@@ -47,15 +47,23 @@ def needs_schema(segment: Segment) -> dict[str, Any]:
 
 
 def get(session: Session, client_id: int) -> NeedsCard | None:
-    """The needs card of client ``client_id`` (None when nothing was filled in)."""
+    """The needs card of client ``client_id`` (None when nothing was filled in, or when the
+    acting user may not read that client)."""
     from sqlalchemy import select
 
     needs, users = session.table("b2b_needs"), session.table("users")
-    row = session.connection.execute(
+    clients = session.table("clients")
+    query = (
         select(needs, users.c.login)
-        .select_from(needs.outerjoin(users, users.c.id == needs.c.updated_by))
+        .select_from(
+            needs.join(clients, clients.c.id == needs.c.client_id).outerjoin(
+                users, users.c.id == needs.c.updated_by
+            )
+        )
         .where(needs.c.client_id == client_id)
-    ).first()
+    )
+    # the card of a client the user may not read is none of their business
+    row = session.connection.execute(session.access.filter(query, "read", "client")).first()
     if row is None:
         return None
     return NeedsCard(
@@ -93,6 +101,7 @@ def set_needs(
     from crmkit.core.validation import schema_problems
 
     client = session.clients.get(client_id)
+    session.clients.require("update", client.id)  # the needs are part of the client's card
     if not client.segment or client.segment not in session.crm.segments:
         raise ValidationError(
             f"client #{client.id} has no segment yet; fill in its parameters "
