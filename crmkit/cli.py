@@ -69,10 +69,17 @@ class CrmkitGroup(click.Group):
 class State:
     """What the root options select: the deployment folder, the acting user, plugins."""
 
-    def __init__(self, directory: str | None, as_user: str | None, plugins: Plugins) -> None:
+    def __init__(
+        self,
+        directory: str | None,
+        as_user: str | None,
+        plugins: Plugins,
+        token: str | None = None,
+    ) -> None:
         self.directory = directory
         self.as_user = as_user
         self.plugins = plugins
+        self.token = token
         self._crm: CRM | None = None
 
     def crm(self) -> CRM:
@@ -84,8 +91,12 @@ class State:
         return self._crm
 
     def session(self, *, readonly: bool = False) -> Any:
-        """A session as ``--as`` (default: the deployment's admin)."""
-        return self.crm().session(as_user=self.as_user, readonly=readonly)
+        """A session as ``--as`` or ``--token``'s user (default: the deployment's admin).
+
+        A token is checked again for every session, so one revoked (or whose
+        user is deactivated) meanwhile is refused.
+        """
+        return self.crm().session(as_user=self.as_user, token=self.token, readonly=readonly)
 
 
 #: Decorator for commands (plugins' too) that need the deployment: passes the :class:`State`.
@@ -261,9 +272,15 @@ def _utcnow() -> Any:
     envvar="CRMKIT_AS",
     help="Act as this user (default: the deployment's admin).",
 )
+@click.option(
+    "--token",
+    metavar="TOKEN",
+    envvar="CRMKIT_TOKEN",
+    help="Act as the user of this API token ('crmkit user token create'); not with --as.",
+)
 @click.version_option(__version__, prog_name="crmkit")
 @click.pass_context
-def cli(ctx: click.Context, directory: str | None, as_user: str | None) -> None:
+def cli(ctx: click.Context, directory: str | None, as_user: str | None, token: str | None) -> None:
     """crmkit: a plugin-extensible CRM.
 
     Start with 'crmkit init DIR', then run commands inside DIR or with -C DIR.
@@ -273,7 +290,13 @@ def cli(ctx: click.Context, directory: str | None, as_user: str | None) -> None:
         from crmkit.core.plugins import load_plugins
 
         plugins = load_plugins()
-    ctx.obj = State(directory, as_user, plugins)
+    if as_user and token:
+        raise ValidationError(
+            "give --as (CRMKIT_AS) or --token (CRMKIT_TOKEN), not both: "
+            "a token acts as its own user",
+            field="token",
+        )
+    ctx.obj = State(directory, as_user, plugins, token=token or None)
 
 
 @cli.command()
@@ -1781,6 +1804,7 @@ def plugin_new(name: str, directory: Path | None, description: str, fmt: str) ->
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
 from crmkit.commands import reports as _reports  # noqa: E402, F401  (report)
+from crmkit.commands import users as _users  # noqa: E402, F401  (user deactivate, user token)
 
 
 # -- entry point ---------------------------------------------------------------------------------

@@ -350,14 +350,21 @@ class CRM:
 
     @contextlib.contextmanager
     def session(
-        self, as_user: str | int | None = None, *, readonly: bool = False
+        self,
+        as_user: str | int | None = None,
+        *,
+        readonly: bool = False,
+        token: str | None = None,
     ) -> Iterator[Session]:
         """A unit of work acting as ``as_user`` (login or id; default: the deployment's admin).
 
         Everything done in the ``with`` block commits at its end, or rolls
         back if it raises. ``readonly`` sessions (reports, listings) do not
-        queue behind writers on SQLite.
+        queue behind writers on SQLite. With ``token``, the session acts as
+        the token's user, checked by :meth:`authenticate` when it opens.
         """
+        if token is not None:
+            as_user = self.authenticate(token).id
         login = self.config.admin if as_user is None else as_user
         with self.connect(readonly=readonly) as conn:
             self._require_initialised(conn)
@@ -403,6 +410,22 @@ class CRM:
             user = s.user
             s.record("user", user.id, "created", {"login": login, "role": "admin"})
         return user
+
+    # -- API tokens ----------------------------------------------------------------
+    def authenticate(self, token: str) -> User:
+        """The user an API token (see :class:`~crmkit.core.tokens.Tokens`) acts as.
+
+        The token is checked on every call, in its own transaction, which
+        also records when it was last used: a revoked or expired token, or
+        one whose user was deactivated, is refused from the next call on.
+        Every refusal is the same :class:`~crmkit.PermissionDenied`, which does not
+        say what is wrong, so that it tells nothing about which tokens exist.
+        """
+        from .tokens import authenticate
+
+        with self.connect() as conn:
+            self._require_initialised(conn)
+            return authenticate(self.metadata, conn, token)
 
     # -- migrations --------------------------------------------------------------
     def upgrade(self, branch: str | None = None, revision: str = "head") -> None:

@@ -17,10 +17,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from sqlalchemy import Connection, Row, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Row, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .errors import (
+    Conflict,
     DuplicateError,
     NotFound,
     PermissionDenied,
@@ -29,6 +30,7 @@ from .errors import (
 )
 from .model import Client, ClientKind, Contact, Role, StageChange, Team, User
 from .schema import utcnow
+from .tokens import Tokens
 from .validation import normalize_email, normalize_phone, require_text
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class Session:
         self.invoices = Invoices(self)
         self.tasks = Tasks(self)
         self.history = History(self)
+        self.tokens = Tokens(self)
         #: audit entries of this session, written when it ends (see :meth:`audit`)
         self.audit_buffer: builtins.list[AuditEntry] = []
 
@@ -287,16 +290,27 @@ class Users(_Repo):
         return self.get(user_id)
 
     def update(self, ref: str | int, **changes: Any) -> User:
-        """Change a user's ``name``, ``role``, ``team`` or ``active`` flag. Only an admin may."""
+        """Change a user's ``name``, ``role``, ``team`` or ``active`` flag. Only an admin may.
+
+        ``active=False`` is :meth:`deactivate` without reassignment (refused
+        while the user owns clients, open deals or open tasks); ``active=True``
+        is :meth:`activate`.
+        """
         self.s.require_role(Role.ADMIN)
         user = self.get(ref)
         unknown = set(changes) - {"name", "role", "team", "active"}
         if unknown:
             raise ValidationError("cannot be changed", field=sorted(unknown)[0])
         values = self._validate(changes)
+        active = values.pop("active", user.active)
         if values:
             self.conn.execute(update(self.t).where(self.t.c.id == user.id).values(values))
             self.s.record("user", user.id, "updated", _jsonable(values))
+        if active != user.active:
+            if active:
+                self.activate(user.id)
+            else:
+                self.deactivate(user.id)
         return self.get(user.id)
 
     def _validate(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +370,183 @@ class Users(_Repo):
         if active is not None:
             q = q.where(self.t.c.active == active)
         return [_user(r) for r in self.conn.execute(q)]
+
+    def deactivate(
+        self,
+        ref: str | int,
+        *,
+        reassign_to: str | int | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any]:
+        """End a user's access and pass their work on, in one step. Only an admin may.
+
+        The user is marked inactive, so no new session opens as them, and
+        every token of theirs is revoked, so whatever holds one (a script,
+        the HTTP server) is refused at its next use. Their clients, their
+        *open* deals and their open tasks pass to ``reassign_to``; closed
+        (won or lost) deals and done tasks keep their owner, so past sales
+        stay attributed to whoever made them. Each reassigned record gets a
+        ``reassigned`` event (``{"from", "to", "cause": "deactivation"}``)
+        and the user a ``deactivated`` one.
+
+        It all happens at once or not at all: inside a savepoint, so a
+        failure midway leaves nothing half-done even when the caller catches
+        it and goes on with the session. The records move with one statement
+        per table, whatever their number.
+
+        Refused with :class:`ValidationError`: the deployment's admin
+        (``[crmkit] admin``) and the last active admin; a ``reassign_to`` that
+        is unknown, inactive or the user themselves; and no ``reassign_to``
+        while the user owns clients, open deals or open tasks. Deactivating
+        a deactivated user is a :class:`~crmkit.core.errors.Conflict`.
+
+        Returns what it did: ``{"user": LOGIN, "reassigned_to": LOGIN or None,
+        "tokens_revoked": n, "clients": n, "deals": n, "tasks": n}``.
+        """
+        self.s.require_role(Role.ADMIN)
+        user = self.get(ref, field="login")
+        note = _optional_text(note, field="note")
+        # lock the admins' rows: two admins deactivating each other at once cannot both win
+        admins = self.conn.execute(
+            select(self.t.c.id)
+            .where(self.t.c.role == Role.ADMIN.value, self.t.c.active.is_(True))
+            .with_for_update()
+        ).scalars()
+        admin_ids = set(admins)
+        if not user.active:
+            raise Conflict(f"user {user.login!r} is already deactivated", field="login")
+        if user.login == self.s.crm.config.admin:
+            raise ValidationError(
+                f"{user.login!r} is the deployment's admin ([crmkit] admin in crmkit.toml); "
+                "name another admin there first",
+                field="login",
+            )
+        if user.role == Role.ADMIN and not admin_ids - {user.id}:
+            raise ValidationError(
+                f"{user.login!r} is the last active admin; make another user an admin first",
+                field="login",
+            )
+        target = None
+        if reassign_to is not None:
+            target = self.find(reassign_to)
+            if target is None:
+                raise ValidationError(f"no user {reassign_to!r}", field="reassign_to")
+            if target.id == user.id:
+                raise ValidationError(
+                    f"cannot pass {user.login!r}'s work to {user.login!r}", field="reassign_to"
+                )
+            if not target.active:
+                raise ValidationError(f"user {target.login!r} is deactivated", field="reassign_to")
+        tables = self.s.tables
+        clients, deals, tasks = tables["clients"], tables["deals"], tables["tasks"]
+        owned = {
+            "clients": clients.c.owner_id == user.id,
+            "deals": and_(deals.c.owner_id == user.id, deals.c.status == "open"),
+            "tasks": and_(tasks.c.assignee_id == user.id, tasks.c.done_at.is_(None)),
+        }
+        if target is None:
+            held = {
+                name: int(
+                    self.conn.execute(
+                        select(func.count()).select_from(tables[name]).where(where)
+                    ).scalar_one()
+                )
+                for name, where in owned.items()
+            }
+            if any(held.values()):
+                raise ValidationError(
+                    f"{user.login!r} has {_count(held['clients'], 'client')}, "
+                    f"{_count(held['deals'], 'open deal')} and "
+                    f"{_count(held['tasks'], 'open task')}: name the active user who takes "
+                    "them over (reassign_to, --reassign-to LOGIN)",
+                    field="reassign_to",
+                )
+        counts: dict[str, Any] = {
+            "user": user.login,
+            "reassigned_to": None if target is None else target.login,
+        }
+        now = utcnow()
+        with self.conn.begin_nested():
+            self.conn.execute(update(self.t).where(self.t.c.id == user.id).values(active=False))
+            counts["tokens_revoked"] = self.s.tokens.revoke_all(user.id)
+            moves: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+                ("client", "clients", "owner_id", {"updated_at": now}),
+                ("deal", "deals", "owner_id", {}),
+                ("task", "tasks", "assignee_id", {}),
+            )
+            for entity, name, column, extra in moves:
+                ids: builtins.list[int] = []
+                if target is not None:
+                    t = tables[name]
+                    ids = builtins.list(
+                        self.conn.execute(
+                            update(t)
+                            .where(owned[name])
+                            .values({column: target.id, **extra})
+                            .returning(t.c.id)
+                        ).scalars()
+                    )
+                    self._reassigned(entity, ids, user, target, note, now)
+                counts[name] = len(ids)
+            self.s.record(
+                "user",
+                user.id,
+                "deactivated",
+                {**counts, **({"note": note} if note else {})},
+                at=now,
+            )
+        return counts
+
+    def activate(self, ref: str | int, *, note: str | None = None) -> User:
+        """Let a deactivated user work again. Only an admin may.
+
+        Their tokens stay revoked (make new ones) and the work passed on at
+        deactivation stays with its new owners. Activating an active user is
+        a :class:`~crmkit.core.errors.Conflict`.
+        """
+        self.s.require_role(Role.ADMIN)
+        user = self.get(ref, field="login")
+        note = _optional_text(note, field="note")
+        if user.active:
+            raise Conflict(f"user {user.login!r} is already active", field="login")
+        self.conn.execute(update(self.t).where(self.t.c.id == user.id).values(active=True))
+        self.s.record("user", user.id, "activated", {"note": note} if note else {})
+        return self.get(user.id)
+
+    def _reassigned(
+        self,
+        entity: str,
+        ids: builtins.list[int],
+        user: User,
+        target: User,
+        note: str | None,
+        now: dt.datetime,
+    ) -> None:
+        """The ``reassigned`` events of ``ids``: one executemany per batch of 10,000.
+
+        The audit log gets one ``change`` entry naming them all.
+        """
+        data: dict[str, Any] = {"from": user.login, "to": target.login, "cause": "deactivation"}
+        if note:
+            data["note"] = note
+        if ids:
+            self.s.audit("reassigned", entity, ids=ids, detail=data, kind="change")
+        events = self.s.tables["events"]
+        for start in range(0, len(ids), 10_000):
+            self.conn.execute(
+                insert(events),
+                [
+                    {
+                        "at": now,
+                        "user_id": self.s.user.id,
+                        "entity": entity,
+                        "entity_id": entity_id,
+                        "action": "reassigned",
+                        "data": data,
+                    }
+                    for entity_id in ids[start : start + 10_000]
+                ],
+            )
 
 
 class Clients(_Repo):
@@ -862,6 +1053,10 @@ def _fields(values: dict[str, Any]) -> dict[str, Any]:
         for key, value in values.items()
         if key not in ("created_at", "updated_at")
     }
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _enum(cls: Any, value: Any, field: str) -> Any:
