@@ -570,3 +570,32 @@ def test_an_unknown_action_or_resource_is_a_validation_error(crm, org):
             s.access.where("read", "planet")
         with pytest.raises(ValidationError, match="unknown action 'fly' on client"):
             s.access.where("fly", "client")
+
+
+# -- bulk import ---------------------------------------------------------------------------
+def test_an_import_is_checked_row_by_row_and_reveals_nothing(crm, org, tmp_path):
+    from crmkit.transfer.importer import import_file
+
+    source = tmp_path / "clients.csv"
+    source.write_text(
+        "name,email,owner\n"
+        "New of Anna,new1@x.example,anna\n"
+        "New for Boris,new2@x.example,boris\n"
+        "Boris client 0 again,boris0@clients.example,anna\n"
+        "Anna client 1 renamed,anna1@clients.example,anna\n"
+        "Anna client 2 given away,anna2@clients.example,boris\n",
+        "utf-8",
+    )
+    result = import_file(crm, "clients", source, as_user="anna", update_existing=True)
+    reasons = {e.line: e.reason for e in result.errors}
+    assert (result.inserted, result.updated, result.rejected) == (1, 1, 3)
+    assert reasons[3].startswith("you may not create this client: no rule allows it")
+    assert reasons[4] == "a client you may not see already has this key"
+    assert reasons[6].startswith("you may not reassign client #")
+    assert all("Boris client" not in r for r in reasons.values())
+    with crm.session(as_user="admin", readonly=True) as s:
+        assert s.clients.find(email="new1@x.example").owner == "anna"
+        assert s.clients.find(email="new2@x.example") is None
+        assert s.clients.find(email="anna1@clients.example").name == "Anna client 1 renamed"
+        assert s.clients.find(email="boris0@clients.example").name == "Boris client 0"
+        assert s.clients.find(email="anna2@clients.example").owner == "anna"

@@ -744,6 +744,8 @@ class _ClientRows:
             )
         }
         self.default_owner = session.user.id
+        # the access policies, applied row by row with compiled checks (None: all allowed)
+        self.guard = _Guard(session, "client")
         self.channels = set(crm.channels)
         self.segments = crm.segments
         self.checks = {
@@ -1179,6 +1181,73 @@ def _batches(
         yield batch
 
 
+def _never(view: Any) -> bool:
+    return False
+
+
+class _Guard:
+    """The access policies on one resource, applied to the rows of a bulk import.
+
+    Checks are compiled once (None: every record is allowed); stored records
+    are looked at in one query per batch.
+    """
+
+    def __init__(self, session: Session, resource: str) -> None:
+        access = session.access
+        self.access = access
+        self.resource = resource
+        self.may_create = access.checker("create", resource)
+        self.may_read = access.checker("read", resource)
+        self.may_update = access.checker("update", resource)
+        self.may_reassign = (
+            access.checker("reassign", resource) if access.may("reassign", resource) else _never
+        )
+        self.view = access.view_maker(resource)
+
+    def refusal(self, action: str, view: dict[str, Any]) -> str:
+        """Why the policies refuse ``action`` on a row (the row's error)."""
+        decision = self.access.decide(action, self.resource, view)
+        what = f"{self.resource} #{view['id']}" if view.get("id") else f"this {self.resource}"
+        return f"you may not {action} {what}: {decision.reason}"
+
+    def create(self, values: dict[str, Any]) -> str | None:
+        """None if a new record with these column values may be created, else why not."""
+        if self.may_create is None:
+            return None
+        view = self.view(values)
+        return None if self.may_create(view) else self.refusal("create", view)
+
+    def change(self, stored: dict[str, Any] | None, changed: dict[str, Any]) -> str | None:
+        """None if a stored record (its view) may get ``changed`` (column values), else why not."""
+        if stored is None:  # gone meanwhile: nothing to reveal
+            return f"no {self.resource} to update"
+        if self.may_read is not None and not self.may_read(stored):
+            return f"a {self.resource} you may not see already has this key"
+        if not changed:
+            return None
+        if self.may_update is not None and not self.may_update(stored):
+            return self.refusal("update", stored)
+        if "owner_id" in changed and changed["owner_id"] != stored.get("owner_id"):
+            after = {**stored, "owner_id": changed["owner_id"]}
+            after = self.view(_columns_of(self.access, self.resource, after))
+            for view in (stored, after):
+                if not self.may_reassign(view):
+                    return self.refusal("reassign", view)
+        return None
+
+
+def _columns_of(access: Any, resource: str, view: dict[str, Any]) -> dict[str, Any]:
+    """A view's values under their column names (for a view of changed values)."""
+    from crmkit.core.access import Col
+
+    res = access.policies.resource(resource)
+    out = dict(view)
+    for name, attr in res.attributes.items():
+        if isinstance(attr.source, Col):
+            out[attr.source.name] = view.get(name)
+    return out
+
+
 def _write_batch(
     s: Session,
     batch: list[tuple[int, dict[str, Any]]],
@@ -1236,6 +1305,7 @@ def _write_batch(
     contacts: list[tuple[int, dict[str, Any]]] = []
     updates: list[dict[str, Any]] = []
     stage = rows.lifecycle
+    guard = rows.guard
     # the insert's values are converted here, once, rather than column by column later
     bind_time, bind_json = rows.bind_time, rows.bind_json
     now_bound = bind_time(now)
@@ -1247,6 +1317,11 @@ def _write_batch(
             if match is None and row[_EMAIL_AT]:
                 match = existing.get(("email", row[_EMAIL_AT].lower()))
         if match is None:
+            refused = guard.create(dict(zip(_ROW, row, strict=True)))
+            if refused is not None:
+                errors.add(RowError(line, None, refused), None)
+                result.rejected += 1
+                continue
             created = row[_CREATED_AT]
             inserts.append(
                 (
@@ -1263,6 +1338,12 @@ def _write_batch(
             )
             if contact is not None:
                 contacts.append((len(inserts) - 1, contact))
+            continue
+        before = guard.view(match)
+        hidden = guard.change(before, {})
+        if hidden is not None:  # reveal nothing of a client the user may not read
+            errors.add(RowError(line, None, hidden), None)
+            result.rejected += 1
             continue
         values = dict(zip(_ROW, row, strict=True))
         try:
@@ -1284,7 +1365,11 @@ def _write_batch(
             del changed["email"]  # the same address in other letters
         if values["external_id"] and not match["external_id"]:
             changed["external_id"] = values["external_id"]
-        if not changed:
+        refused = guard.change(before, changed) if update_existing else None
+        if refused is not None:
+            errors.add(RowError(line, None, refused), None)
+            result.rejected += 1
+        elif not changed:
             result.unchanged += 1
         elif update_existing:
             updates.append({"id": match["id"], **changed})
@@ -1340,6 +1425,7 @@ def _existing_clients(
     t = s.table("clients")
     found: dict[tuple[str, str], dict[str, Any]] = {}
     cols = [t.c.id, t.c.external_id, t.c.email, *[t.c[c] for c in _MUTABLE if c != "email"]]
+    cols += [t.c.stage, t.c.potential_score, t.c.potential_category]  # what policies may ask
     for key, column, values in (
         ("ext", t.c.external_id, list(by_ext)),
         ("email", func.lower(t.c.email), list(by_email)),
@@ -1412,6 +1498,7 @@ def _store(
                 "inserted": [inserted_ids[0], inserted_ids[-1]] if inserted_ids else None,
                 "updated": updated_ids,
             },
+            ids=inserted_ids + updated_ids,  # one audit entry for the batch, naming every client
         )
         s.crm.plugins.records_imported(
             session=s, kind="clients", inserted_ids=inserted_ids, updated_ids=updated_ids
@@ -1652,6 +1739,8 @@ def _resolve_clients(
         query = select(t.c.id, t.c.name, column.label("ref")).where(
             _in(s, column, sorted(values), target, type_)
         )
+        # a client the user may not read is "not found", exactly like a missing one
+        query = s.access.filter(query, "read", "client")
         for client_id, name, ref in s.connection.execute(query):
             found[(target, ref)] = (client_id, name)
     kept = []
@@ -1742,6 +1831,7 @@ def _finish_batch(
             "inserted": [inserted_ids[0], inserted_ids[-1]] if inserted_ids else None,
             "updated": updated_ids,
         },
+        ids=inserted_ids + updated_ids,  # one audit entry for the batch, naming every record
     )
     s.crm.plugins.records_imported(
         session=s, kind=kind, inserted_ids=inserted_ids, updated_ids=updated_ids
@@ -1850,6 +1940,7 @@ class _DealRows(_Rows):
         self.bound_times: dict[dt.datetime, Any] = {}
         self.bind_amount = BulkInsert.binder(session, "deals", "amount")
         self.bind_date = _cached_binder(session, "deals", "expected_close")
+        self.guard = _Guard(session, "deal")
 
     def convert(self, raw: Any) -> _Deal:
         """The row as a :class:`_Deal`; raises ``_Bad`` naming the column and the reason."""
@@ -2168,6 +2259,8 @@ def _write_deals(
         unique.append(deal)
     # ... and against what is stored
     stored = _existing_deals(s, unique)
+    guard = rows.guard
+    views = guard.access.views("deal", [m["id"] for m in stored if m is not None])
     histories = _stored_histories(
         s, [m["id"] for d, m in zip(unique, stored, strict=True) if m and "history" in d.given]
     )
@@ -2179,7 +2272,26 @@ def _write_deals(
                 reason = f"opened_at: {_NO_DATE} for a new deal"
                 _reject(errors, result, deal, reason, rows._column("opened_at"))
                 continue
+            refused = guard.create(
+                {
+                    "client_id": deal.client_id,
+                    "pipeline": deal.flow.name,
+                    "stage": deal.history[-1][0] if deal.history else None,
+                    "status": deal.status,
+                    "title": deal.title,
+                    "amount": deal.amount,
+                    "currency": deal.currency,
+                    "owner_id": deal.owner_id,
+                }
+            )
+            if refused is not None:
+                _reject(errors, result, deal, refused)
+                continue
             inserts.append(deal)
+            continue
+        hidden = guard.change(views.get(match["id"]), {})
+        if hidden is not None:  # reveal nothing of a deal the user may not read
+            _reject(errors, result, deal, hidden)
             continue
         fixed = []
         if match["client_id"] != deal.client_id:
@@ -2213,7 +2325,10 @@ def _write_deals(
         changed = {k: values[k] for k in _DEAL_MUTABLE if k in present and values[k] != match[k]}
         if deal.external_id and not match["external_id"]:
             changed["external_id"] = deal.external_id
-        if not changed:
+        refused = guard.change(views.get(match["id"]), changed) if update_existing else None
+        if refused is not None:
+            _reject(errors, result, deal, refused)
+        elif not changed:
             result.unchanged += 1
         elif update_existing:
             updates.append({"id": match["id"], **changed})
@@ -2454,6 +2569,7 @@ class _InteractionRows(_Rows):
         super().__init__(session, columns, mapping)
         self.kinds = session.crm.interaction_kinds
         self.bind_time = _cached_binder(session, "interactions", "occurred_at")
+        self.guard = _Guard(session, "interaction")
 
     def convert(self, raw: Any) -> _Interaction:
         """The row as an :class:`_Interaction`; raises ``_Bad`` naming the column and reason."""
@@ -2595,11 +2711,31 @@ def _write_interactions(
         by_key.setdefault(key, item.line)
         unique.append(item)
     stored = _existing_interactions(s, unique)
+    guard = rows.guard
+    views = guard.access.views("interaction", [m["id"] for m in stored if m is not None])
     inserts: list[_Interaction] = []
     updates: list[dict[str, Any]] = []
     for item, match in zip(unique, stored, strict=True):
         if match is None:
+            refused = guard.create(
+                {
+                    "client_id": item.client_id,
+                    "deal_id": item.deal_id,
+                    "user_id": item.user_id,
+                    "kind": item.kind,
+                    "direction": item.direction,
+                    "topic": item.topic,
+                    "outcome": item.outcome,
+                }
+            )
+            if refused is not None:
+                _reject(errors, result, item, refused)
+                continue
             inserts.append(item)
+            continue
+        hidden = guard.change(views.get(match["id"]), {})
+        if hidden is not None:  # reveal nothing of an interaction the user may not read
+            _reject(errors, result, item, hidden)
             continue
         if match["client_id"] != item.client_id:
             _reject(
@@ -2619,7 +2755,10 @@ def _write_interactions(
                 changed[key] = value
         if item.external_id and not match["external_id"]:
             changed["external_id"] = item.external_id
-        if not changed:
+        refused = guard.change(views.get(match["id"]), changed) if update_existing else None
+        if refused is not None:
+            _reject(errors, result, item, refused)
+        elif not changed:
             result.unchanged += 1
         elif update_existing:
             updates.append({"id": match["id"], **changed})
