@@ -447,3 +447,28 @@ def test_cli_unknown_segment(invoke: CliRun) -> None:
     assert result.exit_code != 0
     assert result.stderr.startswith("Error: segment")
     assert "distributor" in result.stderr
+
+
+def test_a_manager_sees_only_their_clients_and_a_marketer_no_payments(
+    crm: Any, data: dict[str, int]
+) -> None:
+    """The report counts what its reader may read: shares are of the reader's revenue."""
+    from crmkit import PermissionDenied
+
+    with crm.session() as s:
+        s.users.add("anna", role="manager")
+        s.users.add("mark", role="marketer")
+        for name in ("Wavy", "Steady"):  # a client and its deals pass to anna
+            s.clients.update(data[name], owner="anna")
+            for deal in s.deals.list(client_id=data[name]):
+                s.deals.update(deal.id, owner="anna")
+    with crm.session(as_user="anna", readonly=True) as s:
+        result = s.report("abcxyz", period="2025")
+    rows = by_client(result)
+    assert list(rows) == ["Wavy", "Steady"]
+    assert rows["Wavy"]["share"] == pytest.approx(12000 / 22800, abs=1e-4)  # rounded
+    with (
+        crm.session(as_user="mark", readonly=True) as s,
+        pytest.raises(PermissionDenied, match="may not read invoices"),
+    ):
+        s.report("abcxyz", period="2025")
