@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:  # pragma: no cover
     from .core.app import CRM
     from .core.errors import (
+        AuditError,
         ConfigError,
         Conflict,
         CrmError,
@@ -92,6 +93,7 @@ _LAZY = {
     **{
         name: "crmkit.core.errors"
         for name in (
+            "AuditError",
             "ConfigError",
             "Conflict",
             "CrmError",
@@ -109,6 +111,7 @@ _LAZY = {
 
 __all__ = [
     "CRM",
+    "AuditError",
     "Channel",
     "Client",
     "ClientKind",

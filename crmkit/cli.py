@@ -1801,6 +1801,7 @@ def plugin_new(name: str, directory: Path | None, description: str, fmt: str) ->
 
 
 # -- commands kept in their own modules ---------------------------------------------------
+from crmkit.commands import audit as _audit  # noqa: E402, F401  (audit verify, show)
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
 from crmkit.commands import reports as _reports  # noqa: E402, F401  (report)

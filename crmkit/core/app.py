@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +29,7 @@ from .model import Channel, InteractionKind, Role, Segment, User, best_segment, 
 from .pipeline import Pipeline
 from .plugins import Plugins, load_plugins
 from .reports import Report
-from .store import Session, _user
+from .store import AuditEntry, Session, _user
 
 
 class CRM:
@@ -366,18 +367,58 @@ class CRM:
         if token is not None:
             as_user = self.authenticate(token).id
         login = self.config.admin if as_user is None else as_user
-        with self.connect(readonly=readonly) as conn:
-            self._require_initialised(conn)
-            users = self.metadata.tables["users"]
-            col = users.c.id if isinstance(login, int) else users.c.login
-            row = conn.execute(select(users).where(col == login)).first()
-            if row is None:
-                raise NotFound(f"no user {login!r} in this deployment", field="as_user")
-            user = _user(row)
-            if not user.active:
-                raise DeploymentError(f"user {user.login!r} is deactivated", field="as_user")
+        session: Session | None = None
+        try:
+            with self.connect(readonly=readonly) as conn:
+                session = Session(self, conn, self._session_user(conn, login))
+                try:
+                    yield session
+                    if session.audit_buffer and not readonly:  # in the transaction, last
+                        from . import audit
+
+                        audit.append(conn, session.user, session.audit_buffer)
+                except (ProgrammingError, OperationalError) as exc:
+                    if _missing_table(exc):
+                        raise DatabaseError(
+                            f"the database lacks a table ({exc.orig}); run 'crmkit db upgrade'"
+                        ) from exc
+                    raise
+        except BaseException:
+            # rolled back: the access decisions (denials above all) are kept, the changes not
+            if session is not None:
+                kept = [e for e in session.audit_buffer if e.kind == "access"]
+                if kept:
+                    try:
+                        self._write_audit(session.user, kept)
+                    except Exception as exc:  # the original error matters more; say what was lost
+                        warnings.warn(
+                            f"{len(kept)} audit entries could not be written: {exc}", stacklevel=3
+                        )
+            raise
+        if readonly and session is not None and session.audit_buffer:
+            # a read-only transaction could not write them: a write transaction of their own
+            self._write_audit(session.user, session.audit_buffer)
+
+    def _session_user(self, conn: Any, login: str | int) -> User:
+        """The active user a session acts as (:class:`NotFound`, :class:`DeploymentError`)."""
+        self._require_initialised(conn)
+        users = self.metadata.tables["users"]
+        col = users.c.id if isinstance(login, int) else users.c.login
+        row = conn.execute(select(users).where(col == login)).first()
+        if row is None:
+            raise NotFound(f"no user {login!r} in this deployment", field="as_user")
+        user = _user(row)
+        if not user.active:
+            raise DeploymentError(f"user {user.login!r} is deactivated", field="as_user")
+        return user
+
+    def _write_audit(self, user: User, entries: list[AuditEntry]) -> None:
+        """Append ``entries`` to the audit log in a transaction of their own."""
+        from . import audit
+
+        with self.connect() as conn:
             try:
-                yield Session(self, conn, user)
+                audit.append(conn, user, entries)
             except (ProgrammingError, OperationalError) as exc:
                 if _missing_table(exc):
                     raise DatabaseError(

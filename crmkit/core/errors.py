@@ -147,3 +147,10 @@ class PluginError(CrmError):
 
     exit_code = 7
     http_status = 500
+
+
+class AuditError(CrmError):
+    """The audit log's hash chain is broken: an entry was changed or removed."""
+
+    exit_code = 8
+    http_status = 500

@@ -122,6 +122,13 @@ def move_entity(
         "note": note,
     }
     change_id = s.connection.execute(insert(t).values(values).returning(t.c.id)).scalar_one()
+    s.audit(
+        "moved",
+        entity,
+        ids=[entity_id],
+        detail={"pipeline": pipeline.name, "from": current, "to": target, "cause": cause},
+        kind="change",
+    )
     return StageChange(
         id=change_id,
         entity=entity,
@@ -481,6 +488,13 @@ class Interactions(_Repo):
             raise ValidationError.from_problems(problems)
         values["created_at"] = utcnow()
         interaction_id = self._insert(values)
+        self.s.audit(
+            "logged",
+            "interaction",
+            ids=[interaction_id],
+            detail={k: values.get(k) for k in ("client_id", "deal_id", "kind", "topic", "outcome")},
+            kind="change",
+        )
         if contact_ids:
             self.conn.execute(
                 insert(self.s.table("interaction_respondents")),

@@ -134,8 +134,14 @@ class Session:
         data: dict[str, Any],
         *,
         at: dt.datetime | None = None,
+        ids: Iterable[int] | None = None,
     ) -> None:
-        """Store an event: who did what to which object, when (default: now), the details."""
+        """Store an event: who did what to which object, when (default: now), the details.
+
+        The change also goes to the audit log (a ``kind="change"`` entry);
+        ``ids`` are the records it names there (default: ``[entity_id]``), so
+        that one event of a batch (an import) names every record of it.
+        """
         self.connection.execute(
             insert(self.tables["events"]).values(
                 at=at or utcnow(),
@@ -145,6 +151,9 @@ class Session:
                 action=action,
                 data=data,
             )
+        )
+        self.audit(
+            action, entity, ids=[entity_id] if ids is None else ids, detail=data, kind="change"
         )
 
     def events(self, entity: str, entity_id: int) -> list[dict[str, Any]]:
@@ -826,6 +835,9 @@ class Clients(_Repo):
             ],
         )
         now = utcnow()
+        self.s.audit(
+            "rescored", "client", ids=[card.id for card, _ in changed], kind="change"
+        )  # one entry per batch; the events hold each card's old and new values
         self.conn.execute(
             insert(self.s.tables["events"]),
             [

@@ -271,6 +271,14 @@ def crmkit_records_imported(
         "stage_changes",
         ("entity", "entity_id", "pipeline", "from_stage", "to_stage", "at", "user_id", "cause"),
     )(rows)
+    if rows:  # one audit entry for the batch's moves, naming every client moved
+        session.audit(
+            "moved",
+            "client",
+            ids=list(dict.fromkeys(row[1] for row in rows)),
+            detail={"pipeline": lifecycle.name, "cause": "import", "moves": len(rows)},
+            kind="change",
+        )
     conn.execute(
         update(clients).where(clients.c.id == bindparam("cid")).values(stage=bindparam("stage")),
         final,
