@@ -458,6 +458,11 @@ def test_untranslatable_conditions_are_fine_for_single_record_actions(crm, org):
         )
     )
     crm.refresh()
+    with (
+        crm.session(as_user="mark", readonly=True) as s,
+        pytest.raises(ValidationError, match="decided record by record: rule 'update-a-names'"),
+    ):
+        s.access.where("update", "client")
     with crm.session(as_user="mark") as s:
         assert s.clients.update(org["clients"]["anna"][0], source="website").source == "website"
         with pytest.raises(PermissionDenied, match="no rule allows it"):
@@ -559,9 +564,17 @@ def test_policy_commands(crm, org, tmp_path):
     assert validated.exit_code == 2 and "'pattern'" in validated.output
     good = tmp_path / "good.json"
     good.write_text(json.dumps(_rule()))
-    assert "valid (1 rules, 0 quotas)" in run("policy", "validate", str(good)).output
+    assert "valid (1 rule, 0 quotas)" in run("policy", "validate", str(good)).output
     export = run("--as", "anna", "export", "clients", str(tmp_path / "out.csv"))
     assert export.exit_code == 5 and "may not export" in export.output
+    shown = run("--as", "mark", "client", "show", str(org["clients"]["anna"][0]))
+    assert shown.exit_code == 0, shown.output
+    assert "(hidden)" in shown.output and "anna0@clients.example" not in shown.output
+    as_json = json.loads(run("--as", "mark", "client", "list", "--format", "json").output)
+    assert {c["email"] for c in as_json} == {None}
+    assert {tuple(c["hidden"]) for c in as_json} == {("email", "phone", "requisites")}
+    not_hers = run("--as", "anna", "client", "show", str(boris_client))
+    assert not_hers.exit_code == 3 and f"no client with id {boris_client}" in not_hers.output
 
 
 def test_an_unknown_action_or_resource_is_a_validation_error(crm, org):

@@ -216,4 +216,7 @@ def policy_validate(state: State, file: Path) -> None:
         found = parse_policy(text, source=str(file), resources=resources)
     except PolicyError as exc:
         raise ValidationError(exc.message, field=exc.field) from None
-    click.echo(f"{file}: valid ({len(found.rules)} rules, {len(found.quotas)} quotas)")
+    rules, quotas = len(found.rules), len(found.quotas)
+    click.echo(
+        f"{file}: valid ({rules} rule{'s' * (rules != 1)}, {quotas} quota{'s' * (quotas != 1)})"
+    )

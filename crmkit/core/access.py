@@ -1078,9 +1078,13 @@ class Access:
             raise ValidationError(f"{resource} has no records to filter", field="resource")
         try:
             return to_sql(compiled.node, table if table is not None else tables[res.table], tables)
-        except Untranslatable as exc:  # pragma: no cover - refused when the rule was loaded
-            raise PluginError(
-                f"a rule for {action} {resource} cannot be applied in SQL: {exc}"
+        except Untranslatable:  # only rules for single-record actions may be untranslatable
+            opaque = [r.id for r, n in (*compiled.allow, *compiled.deny) if _has_opaque(n)]
+            raise ValidationError(
+                f"{action} on {resource} is decided record by record: rule "
+                f"{', '.join(repr(r) for r in opaque)} uses JSON Schema beyond what SQL can "
+                f"filter, which only {' and '.join(LIST_ACTIONS)} rules must avoid",
+                field="action",
             ) from None
 
     def filter(self, query: Any, action: str, resource: str, table: Table | None = None) -> Any:
@@ -1319,6 +1323,16 @@ def notify_quota(crm: CRM, user: Any, quota: Quota, day: dt.date) -> None:
         if not heads:
             heads = [s.user]
     crm.plugins.read_quota_exceeded(crm=crm, user=user, quota=quota, heads=heads)
+
+
+def _has_opaque(node: Node) -> bool:
+    if isinstance(node, Opaque):
+        return True
+    if isinstance(node, And | Or):
+        return any(_has_opaque(i) for i in node.items)
+    if isinstance(node, Not):
+        return _has_opaque(node.item)
+    return False
 
 
 def _view_column(source: Col | Via, table: Any, tables: Mapping[str, Table]) -> Any:
