@@ -610,9 +610,14 @@ def _merged_params(
     return params
 
 
+#: what a table or JSON shows for a field an access policy hides from the user
+HIDDEN = "(hidden)"
+
+
 def _client_view(s: Any, client: Any) -> dict[str, Any]:
     view = _plain(client)
-    view["contacts"] = [_plain(c) for c in s.contacts.list(client.id)]
+    may_see_contacts = s.access.may("read", "contact")
+    view["contacts"] = [_plain(c) for c in s.contacts.list(client.id)] if may_see_contacts else []
     if client.segment:
         seg = s.crm.segments.get(client.segment)
         if seg is not None:
@@ -694,6 +699,12 @@ def client_list(state: State, fmt: str, **filters: Any) -> None:
     """List clients, newest first."""
     with state.session(readonly=True) as s:
         clients = s.clients.list(**filters)
+    if fmt == "table":
+        rows = [_plain(c) for c in clients]
+        for row in rows:
+            row.update(dict.fromkeys(row.pop("hidden", None) or [], HIDDEN))
+        emit(rows, fmt, columns=CLIENT_COLUMNS)
+        return
     emit(clients, fmt, columns=CLIENT_COLUMNS)
 
 
@@ -711,6 +722,8 @@ def client_show(state: State, client_id: int, fmt: str) -> None:
         emit(view, fmt)
         return
     contacts, details = view.pop("contacts"), view.pop("plugins")
+    for name in view.pop("hidden", None) or []:  # a policy keeps it from this user: say so
+        view[name] = HIDDEN
     emit(view, fmt, title=f"Client #{client_id}")
     if contacts:
         emit(contacts, fmt, columns=["id", "name", "position", "email", "phone"], title="Contacts")
@@ -1801,6 +1814,7 @@ def plugin_new(name: str, directory: Path | None, description: str, fmt: str) ->
 
 
 # -- commands kept in their own modules ---------------------------------------------------
+from crmkit.commands import access as _access  # noqa: E402, F401  (policy ...)
 from crmkit.commands import audit as _audit  # noqa: E402, F401  (audit verify, show)
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from sqlalchemy import Engine, MetaData, create_engine, event, inspect, select
@@ -30,6 +30,9 @@ from .pipeline import Pipeline
 from .plugins import Plugins, load_plugins
 from .reports import Report
 from .store import AuditEntry, Session, _user
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .access import Policies
 
 
 class CRM:
@@ -299,6 +302,18 @@ class CRM:
             known = ", ".join(sorted(self.reports)) or "none"
             raise NotFound(f"no report {name!r} (known: {known})", field="report") from None
 
+    @cached_property
+    def access(self) -> Policies:
+        """The access policies: plugins' (``crmkit_access_policies``), then ``[access] policies``.
+
+        Every document is checked when the deployment's policies are first
+        used; a bad one is a :class:`PluginError` or :class:`ConfigError` that
+        names the rule and the problem.
+        """
+        from .access import load_policies
+
+        return load_policies(self)
+
     @property
     def tz(self) -> Any:
         """The deployment's time zone (``[crmkit] timezone``)."""
@@ -308,7 +323,15 @@ class CRM:
 
     def refresh(self) -> None:
         """Forget what was read from plugins (after registering or unregistering one)."""
-        names = ("segments", "channels", "interaction_kinds", "pipelines", "lifecycle", "reports")
+        names = (
+            "segments",
+            "channels",
+            "interaction_kinds",
+            "pipelines",
+            "lifecycle",
+            "reports",
+            "access",
+        )
         for name in names:
             self.__dict__.pop(name, None)
 
@@ -373,10 +396,12 @@ class CRM:
                 session = Session(self, conn, self._session_user(conn, login))
                 try:
                     yield session
-                    if session.audit_buffer and not readonly:  # in the transaction, last
-                        from . import audit
+                    if not readonly:  # in the transaction, last
+                        _write_reads(conn, session)
+                        if session.audit_buffer:
+                            from . import audit
 
-                        audit.append(conn, session.user, session.audit_buffer)
+                            audit.append(conn, session.user, session.audit_buffer)
                 except (ProgrammingError, OperationalError) as exc:
                     if _missing_table(exc):
                         raise DatabaseError(
@@ -387,17 +412,25 @@ class CRM:
             # rolled back: the access decisions (denials above all) are kept, the changes not
             if session is not None:
                 kept = [e for e in session.audit_buffer if e.kind == "access"]
-                if kept:
-                    try:
-                        self._write_audit(session.user, kept)
+                if kept or session.pending_reads:
+                    try:  # the cards were opened (and seen) even if the work then failed
+                        self._write_audit(session.user, kept, session)
                     except Exception as exc:  # the original error matters more; say what was lost
                         warnings.warn(
                             f"{len(kept)} audit entries could not be written: {exc}", stacklevel=3
                         )
+                self._after_end(session)
             raise
-        if readonly and session is not None and session.audit_buffer:
+        if readonly and session is not None and (session.audit_buffer or session.pending_reads):
             # a read-only transaction could not write them: a write transaction of their own
-            self._write_audit(session.user, session.audit_buffer)
+            self._write_audit(session.user, session.audit_buffer, session)
+        if session is not None:
+            self._after_end(session)
+
+    def _after_end(self, session: Session) -> None:
+        """Run the work a session left for after its transaction (``Session.after_end``)."""
+        for task in session.after_end:
+            task(self)
 
     def _session_user(self, conn: Any, login: str | int) -> User:
         """The active user a session acts as (:class:`NotFound`, :class:`DeploymentError`)."""
@@ -412,13 +445,21 @@ class CRM:
             raise DeploymentError(f"user {user.login!r} is deactivated", field="as_user")
         return user
 
-    def _write_audit(self, user: User, entries: list[AuditEntry]) -> None:
-        """Append ``entries`` to the audit log in a transaction of their own."""
+    def _write_audit(
+        self, user: User, entries: list[AuditEntry], session: Session | None = None
+    ) -> None:
+        """Append ``entries`` to the audit log in a transaction of their own.
+
+        The session's opened client cards (read quotas) are counted in it too.
+        """
         from . import audit
 
         with self.connect() as conn:
             try:
-                audit.append(conn, user, entries)
+                if session is not None:
+                    _write_reads(conn, session)
+                if entries:
+                    audit.append(conn, user, entries)
             except (ProgrammingError, OperationalError) as exc:
                 if _missing_table(exc):
                     raise DatabaseError(
@@ -495,6 +536,33 @@ class CRM:
 
     def __repr__(self) -> str:
         return f"<CRM {self.config.root}>"
+
+
+def _write_reads(conn: Any, session: Session) -> None:
+    """Count the client cards the session opened toward today's read quota (see Access)."""
+    if not session.pending_reads:
+        return
+    import datetime as dt
+
+    from sqlalchemy import insert
+
+    reads = session.tables["access_reads"]
+    day = dt.datetime.now(session.crm.tz).date()
+    known = set(
+        conn.execute(
+            select(reads.c.client_id).where(
+                reads.c.user_id == session.user.id,
+                reads.c.day == day,
+                reads.c.client_id.in_(sorted(session.pending_reads)),
+            )
+        ).scalars()
+    )
+    new = sorted(session.pending_reads - known)
+    if new:
+        conn.execute(
+            insert(reads), [{"user_id": session.user.id, "day": day, "client_id": c} for c in new]
+        )
+    session.pending_reads.clear()
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

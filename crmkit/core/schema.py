@@ -301,7 +301,9 @@ def _access_tables(metadata: MetaData) -> None:
         metadata,
         Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
         Column("day", Date, primary_key=True),
-        Column("client_id", Integer, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True),
+        Column(
+            "client_id", Integer, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True
+        ),
     )
     tokens = Table(
         "api_tokens",

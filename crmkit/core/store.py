@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from .app import CRM
     from .reports import ReportResult  # pragma: no cover
 
+
 @attrs.frozen
 class AuditEntry:
     """One entry of the audit log, before it is chained and written."""
@@ -77,10 +78,15 @@ class Session:
         self.tokens = Tokens(self)
         #: audit entries of this session, written when it ends (see :meth:`audit`)
         self.audit_buffer: builtins.list[AuditEntry] = []
+        #: client cards opened in this session, counted toward today's read quota when it ends
+        self.pending_reads: set[int] = set()
+        #: work to do once the session's transaction has ended (committed or rolled back),
+        #: each called with the CRM: telling heads that a read quota was reached, say
+        self.after_end: builtins.list[Callable[[CRM], None]] = []
 
     @cached_property
     def access(self) -> Access:
-        """The access policies as they apply to the acting user (:class:`~crmkit.core.access.Access`)."""
+        """The access policies as they apply to the acting user (an :class:`~.access.Access`)."""
         return self.crm.access.for_user(self)
 
     def audit(
@@ -120,10 +126,14 @@ class Session:
 
         Raises :class:`NotFound` for an unknown report, user or team, and
         :class:`ValidationError` for a filter it does not take, a bad period,
-        an unknown segment or pipeline, or a bad option.
+        an unknown segment or pipeline, or a bad option. The access policies
+        decide who may run it (``read`` on the resource ``report``), and a
+        report counts only the records its reader may read.
         """
         report = self.crm.report(name)
+        self.access.require("read", "report", {"name": report.name}, what=f"report {name!r}")
         result = report.run(self, report.query(self, **given))
+        self.audit("read", "report", detail={"report": report.name})
         return attrs.evolve(result, report=report.name)
 
     def record(
@@ -157,7 +167,28 @@ class Session:
         )
 
     def events(self, entity: str, entity_id: int) -> list[dict[str, Any]]:
-        """The stored events of one object, oldest first."""
+        """The stored events of one object the user may read, oldest first.
+
+        Events of a record the access policies hide are :class:`NotFound`;
+        fields hidden from the user are left out of each event's data. Events
+        of users and teams are for admins and for the user themselves.
+        """
+        resource = self.crm.access.resources.get(entity)
+        hidden: frozenset[str] = frozenset()
+        if resource is not None and resource.table is not None:
+            table = self.tables[resource.table]
+            query = self.access.filter(
+                select(table.c.id).where(table.c.id == entity_id), "read", entity
+            )
+            if self.connection.execute(query).first() is None:
+                raise NotFound(f"no {entity} with id {entity_id}", field=entity)
+            hidden = self.access.hidden("read", entity)
+        elif not (self.user.role is Role.ADMIN or (entity == "user" and entity_id == self.user.id)):
+            raise PermissionDenied(
+                f"user {self.user.login!r} ({self.user.role.value}) may not read the events of "
+                f"{entity} #{entity_id}",
+                field="access",
+            )
         t = self.tables["events"]
         users = self.tables["users"]
         rows = self.connection.execute(
@@ -166,7 +197,11 @@ class Session:
             .where(t.c.entity == entity, t.c.entity_id == entity_id)
             .order_by(t.c.id)
         )
-        return [dict(r._mapping) for r in rows]
+        found = [dict(r._mapping) for r in rows]
+        for event in found:
+            if hidden and isinstance(event["data"], dict):
+                event["data"] = {k: v for k, v in event["data"].items() if k not in hidden}
+        return found
 
     def require_role(self, *roles: Role) -> None:
         """Raise :class:`PermissionDenied` unless the acting user has one of ``roles``."""
@@ -617,6 +652,7 @@ class Clients(_Repo):
         # a new client is at the lifecycle's first stage from its creation: that entry is
         # implied by created_at (no stage-change row), so bulk imports write one row per client
         values["stage"] = lifecycle.first.name if lifecycle is not None else None
+        self.s.access.require("create", "client", self.s.access.view_of("client", values))
         self._check_duplicates(values, exclude_id=None)
         self._check_plugins(values, changes=_fields(values))
         try:
@@ -626,7 +662,7 @@ class Clients(_Repo):
             self._check_duplicates(values, exclude_id=None)
             raise
         self.s.record("client", client_id, "created", _jsonable(values), at=values["created_at"])
-        client = self.get(client_id)
+        client = self._fetch(client_id)
         self.s.crm.plugins.client_saved(session=self.s, client=client, created=True)
         return client
 
@@ -651,6 +687,7 @@ class Clients(_Repo):
         if flow is None:
             raise ValidationError("this deployment has no client lifecycle pipeline", field="stage")
         client = self.get(client_id)
+        self.require("update", client.id)
         when = self._when(at)
         entered = None
         if client.stage is not None:  # since the last move, or since the client was created
@@ -689,25 +726,33 @@ class Clients(_Repo):
         Setting ``segment`` re-validates ``params`` against the new segment.
         """
         current = self.get(client_id)
+        stored = self._fetch(client_id)  # with the fields a policy hides from the reader
         unknown = set(changes) - (set(self.fields) - {"created_at"})
         if unknown:
             raise ValidationError("is not a field that can be updated", field=sorted(unknown)[0])
         classify = "segment" not in changes  # a segment given, even None, is the caller's
         if "segment" in changes and "params" not in changes:
-            changes["params"] = current.params  # re-check them against the new segment
+            changes["params"] = stored.params  # re-check them against the new segment
         if "params" in changes and "segment" not in changes:
-            changes["segment"] = current.segment
+            changes["segment"] = stored.segment
         values = self._validate(changes, classify=classify)
-        old = _row_values(current)
+        old = _row_values(stored)
         diff = {k: v for k, v in values.items() if old.get(k) != v}
         if not diff:
             return current
         merged = {**old, **values}
+        before = self.require("update", client_id)
+        if (
+            "owner_id" in diff
+        ):  # a new owner: both the card and its new owner are the user's to give
+            self.s.access.require("reassign", "client", before)
+            after = self.s.access.view_of("client", {**merged, "id": client_id})
+            self.s.access.require("reassign", "client", after)
         self._check_duplicates(merged, exclude_id=client_id)
         self._check_plugins(merged, changes=_fields(diff))
         diff["updated_at"] = utcnow()
         self.conn.execute(update(self.t).where(self.t.c.id == client_id).values(diff))
-        client = self.get(client_id)
+        client = self._fetch(client_id)
         self.s.record(
             "client",
             client_id,
@@ -722,13 +767,62 @@ class Clients(_Repo):
         return client
 
     def get(self, client_id: int) -> Client:
-        """The client with this id; raises :class:`NotFound`."""
+        """Open the client card with this id: :class:`NotFound` unless the user may read it.
+
+        A card the acting user may not read is reported exactly like one that
+        does not exist. Opening counts toward the user's daily read quota,
+        when a policy sets one, and is recorded in the audit log.
+        """
+        query = self.s.access.filter(
+            self._select().where(self.t.c.id == client_id), "read", "client"
+        )
+        client = _client(self._one(query, client_id, "client"))
+        self.s.access.count_read(client.id)
+        self.s.audit("read", "client", ids=[client.id])
+        return self._mask(client)
+
+    def _fetch(self, client_id: int) -> Client:
+        """The stored card, whatever the acting user may see (for the repository's own use)."""
         return _client(
             self._one(self._select().where(self.t.c.id == client_id), client_id, "client")
         )
 
+    def require(self, action: str, client_id: int) -> dict[str, Any]:
+        """Raise :class:`PermissionDenied` unless the user may ``action`` the card.
+
+        Returns the card as policies see it. Plugins call it before they
+        change their own data about a client (``s.clients.require("update", id)``).
+        """
+        view = self.s.access.view("client", client_id)
+        if view is None:
+            raise NotFound(f"no client with id {client_id}", field="client")
+        self.s.access.require(action, "client", view)
+        return view
+
+    def _mask(self, client: Client, action: str = "read") -> Client:
+        hidden = self.s.access.hidden(action, "client")
+        if not hidden:
+            return client
+        blank: dict[str, Any] = {f: ({} if f in ("requisites", "params") else None) for f in hidden}
+        return attrs.evolve(client, **blank, hidden=tuple(sorted(hidden)))
+
     def find(self, *, email: str | None = None, external_id: str | None = None) -> Client | None:
-        """The client with this email (case-insensitive) or external id, or None."""
+        """The client the user may read with this email (case-insensitive) or external id."""
+        found = self._find(email=email, external_id=external_id, action="read")
+        if found is not None:
+            self.s.access.count_read(found.id)  # finding a card opens it
+            self.s.audit("read", "client", ids=[found.id])
+            return self._mask(found)
+        return None
+
+    def _find(
+        self,
+        *,
+        email: str | None = None,
+        external_id: str | None = None,
+        action: str | None = None,
+    ) -> Client | None:
+        """The client with this email or external id; only among those ``action`` allows."""
         conds = []
         if email:
             conds.append(func.lower(self.t.c.email) == email.strip().lower())
@@ -737,7 +831,10 @@ class Clients(_Repo):
         if not conds:
             return None
         for cond in conds:  # external id first when both are given: it is the stronger key
-            row = self.conn.execute(self._select().where(cond)).first()
+            query = self._select().where(cond)
+            if action is not None:
+                query = self.s.access.filter(query, action, "client")
+            row = self.conn.execute(query).first()
             if row is not None:
                 return _client(row)
         return None
@@ -753,9 +850,13 @@ class Clients(_Repo):
         limit: int | None = 50,
         offset: int = 0,
     ) -> list[Client]:
-        """Clients, newest first, by owner login, segment, source, lifecycle stage or name."""
-        return [
-            _client(r)
+        """The clients the user may read, newest first, by owner, segment, source, stage, name.
+
+        Only cards the access policies let the acting user read are listed
+        (the database filters them); the ids listed are recorded in the audit log.
+        """
+        found = [
+            self._mask(_client(r))
             for r in self.conn.execute(
                 self._filtered(
                     owner=owner, segment=segment, source=source, search=search, stage=stage
@@ -765,17 +866,21 @@ class Clients(_Repo):
                 .offset(offset)
             )
         ]
+        self.s.audit("read", "client", ids=[c.id for c in found], detail={"listed": True})
+        return found
 
     def count(self, **filters: Any) -> int:
         """How many clients :meth:`list` would find without a limit."""
         q = self._filtered(**filters).with_only_columns(func.count()).order_by(None)
         return int(self.conn.execute(q).scalar_one())
 
-    def iter(self, batch_size: int = 1000, **filters: Any) -> Iterator[Client]:
-        """Every matching client, in id order, fetched in batches (bounded memory)."""
+    def iter(
+        self, batch_size: int = 1000, *, action: str = "read", **filters: Any
+    ) -> Iterator[Client]:
+        """Every client the user may ``action`` (read, export), in id order, in batches."""
         return self._keyset(
-            self._filtered(**filters),
-            lambda q: [_client(r) for r in self.conn.execute(q)],
+            self._filtered(action=action, **filters),
+            lambda q: [self._mask(_client(r), action) for r in self.conn.execute(q)],
             batch_size,
         )
 
@@ -867,6 +972,7 @@ class Clients(_Repo):
     def _filtered(
         self,
         *,
+        action: str = "read",
         owner: str | int | None = None,
         segment: str | None = None,
         source: str | None = None,
@@ -886,7 +992,7 @@ class Clients(_Repo):
             q = q.where(self.t.c.source == source)
         if search:
             q = q.where(func.lower(self.t.c.name).contains(search.lower(), autoescape=True))
-        return q
+        return self.s.access.filter(q, action, "client")
 
     def _validate(self, given: dict[str, Any], *, classify: bool = True) -> dict[str, Any]:
         """Normalise the given fields; every problem is reported at once.
@@ -951,9 +1057,14 @@ class Clients(_Repo):
             value = values.get(key)
             if not value:
                 continue
-            existing = self.find(**{key: value})
+            existing = self._find(**{key: value})
             if existing is not None and existing.id != exclude_id:
                 label = "external id" if key == "external_id" else "email"
+                if self._find(**{key: value}, action="read") is None:  # reveal nothing of it
+                    raise DuplicateError(
+                        f"another client, which you may not see, already has this {label}",
+                        field=key,
+                    )
                 raise DuplicateError(
                     f"client #{existing.id} {existing.name!r} already has the {label} "
                     f"{getattr(existing, key)!r}",
@@ -1022,6 +1133,7 @@ class Contacts(_Repo):
                 problems.append(Problem(exc.field, exc.message))
         if problems:
             raise ValidationError.from_problems(problems)
+        self.s.access.require("create", "contact", self.s.access.view_of("contact", values))
         if values["email"]:
             dup = self.conn.execute(
                 select(self.t.c.id, self.t.c.name).where(
@@ -1037,20 +1149,33 @@ class Contacts(_Repo):
                 )
         contact_id = self._insert(values)
         self.s.record("contact", contact_id, "created", _jsonable(values))
-        return self.get(contact_id)
-
-    def get(self, contact_id: int) -> Contact:
-        """The contact with this id; raises :class:`NotFound`."""
         row = self._one(select(self.t).where(self.t.c.id == contact_id), contact_id, "contact")
         return Contact(**row._mapping)
 
-    def list(self, client_id: int) -> list[Contact]:
-        """The contact persons of a client."""
-        self.s.clients.get(client_id)
-        rows = self.conn.execute(
-            select(self.t).where(self.t.c.client_id == client_id).order_by(self.t.c.id)
+    def get(self, contact_id: int) -> Contact:
+        """The contact with this id, if the user may read it; raises :class:`NotFound`."""
+        query = self.s.access.filter(
+            select(self.t).where(self.t.c.id == contact_id), "read", "contact"
         )
-        return [Contact(**r._mapping) for r in rows]
+        contact = self._mask(Contact(**self._one(query, contact_id, "contact")._mapping))
+        self.s.audit("read", "contact", ids=[contact.id])
+        return contact
+
+    def list(self, client_id: int) -> list[Contact]:
+        """The contact persons of a client that the user may read."""
+        self.s.clients.get(client_id)
+        query = select(self.t).where(self.t.c.client_id == client_id).order_by(self.t.c.id)
+        rows = self.conn.execute(self.s.access.filter(query, "read", "contact"))
+        found = [self._mask(Contact(**r._mapping)) for r in rows]
+        self.s.audit("read", "contact", ids=[c.id for c in found], detail={"listed": True})
+        return found
+
+    def _mask(self, contact: Contact) -> Contact:
+        hidden = self.s.access.hidden("read", "contact")
+        if not hidden:
+            return contact
+        blank: dict[str, Any] = dict.fromkeys(hidden)
+        return attrs.evolve(contact, **blank, hidden=tuple(sorted(hidden)))
 
 
 # -- helpers -----------------------------------------------------------------
