@@ -159,4 +159,6 @@ def pending_reviews(session: Session, client_id: int | None = None) -> list[dict
     )
     if client_id is not None:
         query = query.where(reviews.c.client_id == client_id)
+    # only the clients the acting user may read: a plugin's own tables obey the policies too
+    query = session.access.filter(query, "read", "client")
     return [dict(row._mapping) for row in session.connection.execute(query)]
