@@ -6,6 +6,20 @@ skipping, lost reasons), checks the entry gate (the stage's JSON Schema and
 the ``crmkit_check_stage_entry`` hook), stores a :class:`StageChange` and
 calls ``crmkit_stage_changed``. The stage history is therefore complete:
 the stage of any deal at any past moment can be read from ``stage_changes``.
+
+Every read and write goes through the access policies
+(:mod:`crmkit.core.access`), as for client cards:
+
+* a record the acting user may not read is :class:`NotFound`, with exactly
+  the message a missing id gets, whatever is asked of it (no oracle);
+* a readable record the user may not change is :class:`PermissionDenied`,
+  naming the action and the record;
+* lists, counts and ``iter`` are filtered by the database (the policies'
+  SQL condition), never in Python; lists and single reads are audited;
+* what a repository returns right after writing is read without a check
+  (the user just wrote it), and so are the effects of an interaction
+  (a move, a follow-up task), which are made on behalf of the user's
+  allowed ``create`` of that interaction.
 """
 
 from __future__ import annotations
@@ -13,9 +27,10 @@ from __future__ import annotations
 import builtins
 import datetime as dt
 import decimal
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import attrs
 from attrs import field, frozen
 from sqlalchemy import and_, false, func, insert, or_, select, update
 
@@ -37,7 +52,7 @@ from .model import (
 )
 from .pipeline import LOST, TERMINAL, WON, Pipeline
 from .schema import utcnow
-from .store import _enum, _Repo
+from .store import _client, _enum, _Repo
 from .validation import choose, parse_date, parse_money, parse_when, require_text, schema_problems
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -145,13 +160,164 @@ def move_entity(
     )
 
 
+def _stored_client(s: Session, client_id: int) -> Client:
+    """The stored client card, whatever the user may see: what a gate or an effect works on."""
+    clients = s.clients
+    query = clients._select().where(clients.t.c.id == client_id)
+    return _client(clients._one(query, client_id, "client"))
+
+
+def move_client(
+    s: Session,
+    client: Client,
+    stage: str,
+    *,
+    at: Any,
+    cause: str,
+    interaction_id: int | None = None,
+    reason: str | None = None,
+    reactivate: bool = False,
+) -> StageChange:
+    """Move a client in the lifecycle *without* an access check.
+
+    What :meth:`~crmkit.core.store.Clients.move` does once its check has
+    passed: for the effects of an interaction, which are made on behalf of
+    the user's allowed logging of it (a policy may let a user log
+    interactions with a client without letting them move its card by hand).
+    """
+    flow = s.crm.lifecycle
+    if flow is None:
+        raise ValidationError("this deployment has no client lifecycle pipeline", field="stage")
+    when = s.clients._when(at)
+    entered = None
+    if client.stage is not None:  # since the last move, or since the client was created
+        changes = s.table("stage_changes")
+        entered = (
+            s.connection.execute(
+                select(func.max(changes.c.at)).where(
+                    changes.c.entity == "client", changes.c.entity_id == client.id
+                )
+            ).scalar()
+            or client.created_at
+        )
+    change = move_entity(
+        s,
+        pipeline=flow,
+        entity="client",
+        entity_id=client.id,
+        current=client.stage,
+        entered_at=entered,
+        target=stage,
+        deal=None,
+        client=client,
+        at=when,
+        cause=cause,
+        interaction_id=interaction_id,
+        reason=reason,
+        reactivate=reactivate,
+    )
+    clients = s.table("clients")
+    s.connection.execute(update(clients).where(clients.c.id == client.id).values(stage=stage))
+    s.crm.plugins.stage_changed(session=s, change=change)
+    return change
+
+
+# -- access ------------------------------------------------------------------------------
+R = TypeVar("R", Deal, Interaction, Invoice, Task)
+
+
+class _Guarded(_Repo, Generic[R]):
+    """A repository of records the access policies protect (the resource ``resource``)."""
+
+    resource: str
+
+    def _select(self) -> Any:
+        return select(self.t)
+
+    def _load(self, query: Any) -> builtins.list[R]:
+        """The domain objects of ``query``'s rows."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _mask(self, record: R, action: str = "read") -> R:
+        """``record`` without the fields a policy hides from the user (none by default)."""
+        return record
+
+    def _missing(self, record_id: int) -> NotFound:
+        """What a missing id is told, and a record the user may not read alike."""
+        return NotFound(f"no {self.resource} with id {record_id}", field=self.resource)
+
+    def _fetch(self, record_id: int) -> R:
+        """The stored record, whatever the user may see: for the repository's own use."""
+        found = self._load(self._select().where(self.t.c.id == record_id))
+        if not found:
+            raise self._missing(record_id)
+        return found[0]
+
+    def _check(self, action: str, record_id: int) -> R:
+        """The stored record, when the user may read it and ``action`` it.
+
+        A record the user may not read is :class:`NotFound`, exactly like a
+        missing id; a readable one the user may not ``action`` is
+        :class:`PermissionDenied` naming the action and the record (audited).
+        """
+        access = self.s.access
+        if action != "read":  # no rule could allow it: say so (audited), whatever the id
+            access.require_any(action, self.resource)
+        query = self._select().where(self.t.c.id == record_id)
+        found = self._load(self.s.access.filter(query, "read", self.resource))
+        if not found:
+            raise self._missing(record_id)
+        if action != "read":
+            view = access.view(self.resource, record_id)
+            if view is None:  # pragma: no cover - removed since, in this transaction
+                raise self._missing(record_id)
+            access.require(action, self.resource, view)
+        return found[0]
+
+    def _get(self, record_id: int) -> R:
+        """A record the user may read (audited), with what policies hide left out."""
+        record = self._check("read", record_id)
+        self.s.audit("read", self.resource, ids=[record.id])
+        return self._mask(record)
+
+    def _listed(self, query: Any) -> builtins.list[R]:
+        """The records of an already filtered ``query``, masked; their ids are audited."""
+        found = [self._mask(r) for r in self._load(query)]
+        self.s.audit("read", self.resource, ids=[r.id for r in found], detail={"listed": True})
+        return found
+
+    def _count(self, query: Any) -> int:
+        """How many rows an already filtered ``query`` has (its conditions, not its joins)."""
+        counted = select(func.count()).select_from(self.t)
+        if query.whereclause is not None:
+            counted = counted.where(query.whereclause)
+        return int(self.conn.execute(counted).scalar_one())
+
+    def _iter(self, query: Any, action: str, batch_size: int) -> Iterator[R]:
+        """The records of an already filtered ``query``, in id order, in batches (keyset)."""
+        return self._keyset(
+            query, lambda q: [self._mask(r, action) for r in self._load(q)], batch_size
+        )
+
+
+# -- stage history ---------------------------------------------------------------------
 class History(_Repo):
-    """The stored stage changes of deals and client lifecycles."""
+    """The stored stage changes of deals and client lifecycles.
+
+    The history of a record is readable only when the record is: of one the
+    user may not read, it is :class:`NotFound`, as for a missing id.
+    """
 
     table_name = "stage_changes"
 
     def of(self, entity: str, entity_id: int) -> builtins.list[StageChange]:
         """Every move of one deal or client, oldest first."""
+        self._readable(entity, entity_id)
+        self.s.audit("read", entity, ids=[entity_id], detail={"history": True})
+        return self._of(entity, entity_id)
+
+    def _of(self, entity: str, entity_id: int) -> builtins.list[StageChange]:
+        """:meth:`of` without the access check (for the repositories' own use)."""
         users = self.s.table("users")
         rows = self.conn.execute(
             select(self.t, users.c.login.label("user"))
@@ -167,6 +333,7 @@ class History(_Repo):
         A client's first lifecycle stage has no row: it holds from the client's
         creation until the first recorded move.
         """
+        self._readable(entity, entity_id)
         row = self.conn.execute(
             select(self.t.c.to_stage)
             .where(self.t.c.entity == entity, self.t.c.entity_id == entity_id, self.t.c.at <= when)
@@ -177,17 +344,36 @@ class History(_Repo):
             return str(row[0])
         lifecycle = self.s.crm.lifecycle
         if entity == "client" and lifecycle is not None:
-            created = self.s.clients.get(entity_id).created_at
+            created = _stored_client(self.s, entity_id).created_at
             if created is not None and created <= when:
                 return lifecycle.first.name
         return None
 
+    def _readable(self, entity: str, entity_id: int) -> None:
+        """:class:`NotFound` unless the user may read the record (a missing one alike)."""
+        resource = self.s.access.policies.resource(entity)
+        if resource.table is None:
+            raise ValidationError(f"{entity} has no stage history", field="entity")
+        table = self.s.table(resource.table)
+        query = self.s.access.filter(
+            select(table.c.id).where(table.c.id == entity_id), "read", entity
+        )
+        if self.conn.execute(query).first() is None:
+            raise NotFound(f"no {entity} with id {entity_id}", field=entity)
+
 
 # -- deals -----------------------------------------------------------------------------
-class Deals(_Repo):
-    """Deals: opened on a client, moved forward through a pipeline, won or lost."""
+class Deals(_Guarded[Deal]):
+    """Deals: opened on a client, moved forward through a pipeline, won or lost.
+
+    Policies: opening is ``create`` (on the deal as it would be stored),
+    moving, winning, losing and changing it ``update``, giving it to another
+    owner ``reassign`` (of the deal as it is and as it would be); reads,
+    lists, counts and :meth:`iter` only see the deals the user may ``read``.
+    """
 
     table_name = "deals"
+    resource = "deal"
 
     def open(
         self,
@@ -201,7 +387,12 @@ class Deals(_Repo):
         expected_close: Any = None,
         at: Any = None,
     ) -> Deal:
-        """Open a deal at the first stage of ``pipeline`` (default: the first deal pipeline)."""
+        """Open a deal at the first stage of ``pipeline`` (default: the first deal pipeline).
+
+        The client must be one the user may read (:class:`NotFound` otherwise)
+        and the policies must let the user create the deal, with its owner
+        (default: the user), on that client.
+        """
         crm = self.s.crm
         client = self.s.clients.get(client_id)
         name = pipeline or next((p.name for p in crm.pipelines.values() if p.entity == "deal"), "")
@@ -231,8 +422,8 @@ class Deals(_Repo):
             stage_entered_at=values["opened_at"],
             created_by=self.s.user.id,
         )
+        self.s.access.require("create", "deal", self.s.access.view_of("deal", values))
         deal_id = self._insert(values)
-        deal = self.get(deal_id)
         change = move_entity(
             self.s,
             pipeline=flow,
@@ -241,13 +432,13 @@ class Deals(_Repo):
             current=None,
             entered_at=None,
             target=first,
-            deal=deal,
-            client=client,
+            deal=self._fetch(deal_id),
+            client=_stored_client(self.s, client.id),  # a gate sees the whole card
             at=values["opened_at"],
             cause="opened",
         )
         self.s.crm.plugins.stage_changed(session=self.s, change=change)
-        return self.get(deal_id)
+        return self._fetch(deal_id)
 
     def move(
         self,
@@ -260,8 +451,30 @@ class Deals(_Repo):
         reason: str | None = None,
         note: str | None = None,
     ) -> StageChange:
-        """Move a deal forward to ``stage`` (``won``/``lost`` close it)."""
-        deal = self.get(deal_id)
+        """Move a deal forward to ``stage`` (``won``/``lost`` close it): an ``update``."""
+        deal = self._check("update", deal_id)
+        return self._move(
+            deal,
+            stage,
+            at=at,
+            cause=cause,
+            interaction_id=interaction_id,
+            reason=reason,
+            note=note,
+        )
+
+    def _move(
+        self,
+        deal: Deal,
+        stage: str,
+        *,
+        at: Any = None,
+        cause: str = "manual",
+        interaction_id: int | None = None,
+        reason: str | None = None,
+        note: str | None = None,
+    ) -> StageChange:
+        """:meth:`move` without the access check (checked by the caller, or an effect)."""
         flow = self.s.crm.pipelines[deal.pipeline]
         when = self._when(at)
         change = move_entity(
@@ -273,7 +486,7 @@ class Deals(_Repo):
             entered_at=deal.stage_entered_at,
             target=stage,
             deal=deal,
-            client=self.s.clients.get(deal.client_id),
+            client=_stored_client(self.s, deal.client_id),  # a gate sees the whole card
             at=when,
             cause=cause,
             interaction_id=interaction_id,
@@ -300,8 +513,12 @@ class Deals(_Repo):
         return self.move(deal_id, LOST, at=at, reason=reason, note=note)
 
     def update(self, deal_id: int, **changes: Any) -> Deal:
-        """Change ``title``, ``amount``, ``currency``, ``owner`` or ``expected_close``."""
-        deal = self.get(deal_id)
+        """Change ``title``, ``amount``, ``currency``, ``owner`` or ``expected_close``.
+
+        An ``update``; a new owner is also a ``reassign``, of the deal as it is
+        and as it would be (both the deal and its new owner are the user's to give).
+        """
+        deal = self._check("update", deal_id)
         allowed = {"title", "amount", "currency", "owner", "expected_close"}
         unknown = set(changes) - allowed
         if unknown:
@@ -317,14 +534,21 @@ class Deals(_Repo):
             values["owner_id"] = self.s.clients._owner(changes["owner"])
         if "expected_close" in changes:
             values["expected_close"] = parse_date(changes["expected_close"], field="close_by")
+        if values.get("owner_id", deal.owner_id) != deal.owner_id:
+            access = self.s.access
+            before = access.view("deal", deal.id)
+            if before is None:  # pragma: no cover - removed since, in this transaction
+                raise self._missing(deal.id)
+            access.require("reassign", "deal", before)
+            access.require("reassign", "deal", access.view_of("deal", {**before, **values}))
         if values:
             self.conn.execute(update(self.t).where(self.t.c.id == deal.id).values(values))
             self.s.record("deal", deal.id, "updated", _jsonable(values))
-        return self.get(deal.id)
+        return self._fetch(deal.id)
 
     def get(self, deal_id: int) -> Deal:
-        """The deal with this id; raises :class:`NotFound`."""
-        return _deal(self._one(self._select().where(self.t.c.id == deal_id), deal_id, "deal"))
+        """The deal with this id, if the user may read it; raises :class:`NotFound`."""
+        return self._get(deal_id)
 
     def list(
         self,
@@ -339,7 +563,46 @@ class Deals(_Repo):
         limit: int | None = 50,
         offset: int = 0,
     ) -> builtins.list[Deal]:
-        """Deals, newest first; ``stalled`` keeps those beyond their stage's allotted days."""
+        """The deals the user may read, newest first.
+
+        ``stalled`` keeps those beyond their stage's allotted days. The
+        database filters what the policies allow; the ids listed are audited.
+        """
+        q = self._filtered(
+            pipeline=pipeline,
+            stage=stage,
+            status=status,
+            owner=owner,
+            client_id=client_id,
+            stalled=stalled,
+            now=now,
+        )
+        return self._listed(q.order_by(self.t.c.id.desc()).limit(limit).offset(offset))
+
+    def count(self, **filters: Any) -> int:
+        """How many deals :meth:`list` would find without a limit (the same filters)."""
+        return self._count(self._filtered(**filters))
+
+    def iter(self, batch_size: int = 1000, *, action: str = "read") -> Iterator[Deal]:
+        """Every deal the user may ``action`` (read, export), in id order, in batches.
+
+        One query per batch (keyset paging), bounded memory; the caller (an
+        export, say) records what it did with them.
+        """
+        return self._iter(self._filtered(action=action), action, batch_size)
+
+    def _filtered(
+        self,
+        *,
+        action: str = "read",
+        pipeline: str | None = None,
+        stage: str | None = None,
+        status: str | None = None,
+        owner: str | int | None = None,
+        client_id: int | None = None,
+        stalled: bool | None = None,
+        now: dt.datetime | None = None,
+    ) -> Any:
         q = self._select()
         if pipeline is not None:
             q = q.where(self.t.c.pipeline == self.s.crm.pipeline(pipeline).name)
@@ -354,14 +617,7 @@ class Deals(_Repo):
         if stalled is not None:
             cond = self.stalled_condition(now or utcnow())
             q = q.where(cond if stalled else ~cond)
-        q = q.order_by(self.t.c.id.desc()).limit(limit).offset(offset)
-        return [_deal(r) for r in self.conn.execute(q)]
-
-    def iter(self, batch_size: int = 1000) -> Iterator[Deal]:
-        """Every deal, in id order, fetched in batches (bounded memory)."""
-        return self._keyset(
-            self._select(), lambda q: [_deal(r) for r in self.conn.execute(q)], batch_size
-        )
+        return self.s.access.filter(q, action, self.resource)
 
     def stalled_condition(self, now: dt.datetime) -> Any:
         """SQL: the deal is open and longer in its stage than the stage's allotted days."""
@@ -390,12 +646,11 @@ class Deals(_Repo):
         return (now or utcnow()) - deal.stage_entered_at > dt.timedelta(days=stage.days)
 
     def history(self, deal_id: int) -> builtins.list[StageChange]:
-        """Every stage change of the deal, oldest first."""
-        self.get(deal_id)
+        """Every stage change of the deal, oldest first (a deal the user may read)."""
         return self.s.history.of("deal", deal_id)
 
     def stage_at(self, deal_id: int, when: Any) -> str | None:
-        """The deal's stage at ``when``, from its history alone."""
+        """The deal's stage at ``when``, from its history alone (a deal the user may read)."""
         return self.s.history.stage_at("deal", deal_id, self._when(when))
 
     def _select(self) -> Any:
@@ -409,12 +664,24 @@ class Deals(_Repo):
             )
         )
 
+    def _load(self, query: Any) -> builtins.list[Deal]:
+        return [_deal(r) for r in self.conn.execute(query)]
+
 
 # -- interactions ----------------------------------------------------------------------
-class Interactions(_Repo):
-    """Every communication with a client, with a formal topic and outcome."""
+class Interactions(_Guarded[Interaction]):
+    """Every communication with a client, with a formal topic and outcome.
+
+    Policies: logging is ``create`` (on the interaction as it would be
+    stored; the client, and the deal if given, must be readable); reads,
+    lists, counts and :meth:`iter` only see the interactions the user may
+    ``read``, without the fields a rule hides (``note``: None, and named in
+    ``hidden``). The effects of logging (moves, follow-up tasks) are made on
+    behalf of the user's allowed ``create``, with no further check.
+    """
 
     table_name = "interactions"
+    resource = "interaction"
 
     def log(
         self,
@@ -456,7 +723,7 @@ class Interactions(_Repo):
         check("note", lambda: (note or "").strip() or None)
         if deal_id is not None:
             try:
-                deal = self.s.deals.get(deal_id)
+                deal = self.s.deals._check("read", deal_id)
                 if deal.client_id != client.id:
                     problems.append(
                         Problem(
@@ -486,6 +753,7 @@ class Interactions(_Repo):
                 )
         if problems:
             raise ValidationError.from_problems(problems)
+        self.s.access.require("create", "interaction", self.s.access.view_of("interaction", values))
         values["created_at"] = utcnow()
         interaction_id = self._insert(values)
         self.s.audit(
@@ -500,7 +768,7 @@ class Interactions(_Repo):
                 insert(self.s.table("interaction_respondents")),
                 [{"interaction_id": interaction_id, "contact_id": c} for c in contact_ids],
             )
-        interaction = self.get(interaction_id)
+        interaction = self._fetch(interaction_id)
         return self._apply_effects(interaction)
 
     def _apply_effects(self, interaction: Interaction) -> Logged:
@@ -510,10 +778,16 @@ class Interactions(_Repo):
         created; when a gate refuses it, a task to complete what the stage
         needs (one step per unmet requirement) is created instead, so the
         manager gets the proposal template only once the card is complete.
+
+        The effects are made without access checks: they follow from the
+        pipeline's rules (or a plugin) on an interaction the user was allowed
+        to log, so they are done on behalf of that allowed action, even when
+        the user could not move the deal or set the task by hand (a follow-up
+        for a colleague, say). The pipeline's own rules (order, gates) still apply.
         """
         crm = self.s.crm
         effects: list[tuple[str, Any, FollowUp | None]] = []
-        deal = self.s.deals.get(interaction.deal_id) if interaction.deal_id else None
+        deal = self.s.deals._fetch(interaction.deal_id) if interaction.deal_id else None
         flows = [(crm.pipelines[deal.pipeline], False)] if deal is not None else []
         if crm.lifecycle is not None:
             flows.append((crm.lifecycle, True))
@@ -557,7 +831,8 @@ class Interactions(_Repo):
         return logged
 
     def _task(self, interaction: Interaction, follow_up: FollowUp) -> Task:
-        return self.s.tasks.add(
+        """A follow-up task: unchecked, an effect of the allowed interaction (see above)."""
+        return self.s.tasks._add(
             follow_up.title,
             due=interaction.occurred_at + dt.timedelta(hours=follow_up.due_in_hours),
             assignee=follow_up.assignee if follow_up.assignee is not None else self.s.user.id,
@@ -565,18 +840,24 @@ class Interactions(_Repo):
             deal_id=interaction.deal_id,
             steps=follow_up.steps,
             at=interaction.occurred_at,
+            checked=False,
         )
 
     def _move(
         self, interaction: Interaction, effect: MoveTo, source: str, refused: list[str]
     ) -> tuple[StageChange | None, list[str]]:
-        """Make one proposed move: the change, or the problems that refused it."""
+        """Make one proposed move: the change, or the problems that refused it.
+
+        Unchecked, an effect of the allowed interaction (see :meth:`_apply_effects`);
+        a plugin's move of a deal of another client is refused like a missing deal.
+        """
         s = self.s
         if effect.client:
             flow = s.crm.lifecycle
             if flow is None:
                 return None, []
-            current = s.clients.get(interaction.client_id).stage
+            card = _stored_client(s, interaction.client_id)
+            current = card.stage
             label = f"client #{interaction.client_id}"
         else:
             deal_id = effect.deal_id or interaction.deal_id
@@ -585,7 +866,13 @@ class Interactions(_Repo):
                     f"no deal to move to {effect.stage!r}: log the interaction with a deal"
                 )
                 return None, []
-            deal = s.deals.get(deal_id)
+            try:
+                deal = s.deals._fetch(deal_id)
+                if deal.client_id != interaction.client_id:  # not a deal this logging is about
+                    raise s.deals._missing(deal_id)
+            except NotFound as exc:
+                refused.append(f"deal #{deal_id} stays: {exc.message}")
+                return None, []
             flow = s.crm.pipelines[deal.pipeline]
             current = deal.stage
             label = f"deal #{deal.id}"
@@ -599,17 +886,17 @@ class Interactions(_Repo):
         try:
             with s.connection.begin_nested():
                 if effect.client:
-                    return s.clients.move(
-                        interaction.client_id,
+                    return move_client(
+                        s,
+                        card,
                         effect.stage,
                         at=interaction.occurred_at,
                         cause="interaction",
                         interaction_id=interaction.id,
                         reason=effect.reason,
                     ), []
-                assert deal_id is not None
-                return s.deals.move(
-                    deal_id,
+                return s.deals._move(
+                    deal,
                     effect.stage,
                     at=interaction.occurred_at,
                     cause="interaction",
@@ -621,11 +908,8 @@ class Interactions(_Repo):
             return None, [str(p) for p in exc.problems]
 
     def get(self, interaction_id: int) -> Interaction:
-        """The interaction with this id; raises :class:`NotFound`."""
-        rows = self._fetch(self._select().where(self.t.c.id == interaction_id))
-        if not rows:
-            raise NotFound(f"no interaction with id {interaction_id}", field="interaction")
-        return rows[0]
+        """The interaction with this id, if the user may read it; raises :class:`NotFound`."""
+        return self._get(interaction_id)
 
     def list(
         self,
@@ -639,7 +923,35 @@ class Interactions(_Repo):
         limit: int | None = 50,
         offset: int = 0,
     ) -> builtins.list[Interaction]:
-        """Interactions, newest first."""
+        """The interactions the user may read, newest first (the ids listed are audited)."""
+        q = self._filtered(
+            client_id=client_id, deal_id=deal_id, user=user, kind=kind, since=since, until=until
+        )
+        q = q.order_by(self.t.c.occurred_at.desc(), self.t.c.id.desc()).limit(limit).offset(offset)
+        return self._listed(q)
+
+    def count(self, **filters: Any) -> int:
+        """How many interactions :meth:`list` would find without a limit (the same filters)."""
+        return self._count(self._filtered(**filters))
+
+    def iter(self, batch_size: int = 1000, *, action: str = "read") -> Iterator[Interaction]:
+        """Every interaction the user may ``action``, in id order, with its respondents.
+
+        Fetched in batches (keyset paging): two queries per batch, never one per row.
+        """
+        return self._iter(self._filtered(action=action), action, batch_size)
+
+    def _filtered(
+        self,
+        *,
+        action: str = "read",
+        client_id: int | None = None,
+        deal_id: int | None = None,
+        user: str | int | None = None,
+        kind: str | None = None,
+        since: Any = None,
+        until: Any = None,
+    ) -> Any:
         q = self._select()
         if client_id is not None:
             q = q.where(self.t.c.client_id == client_id)
@@ -656,12 +968,15 @@ class Interactions(_Repo):
             q = q.where(
                 self.t.c.occurred_at <= parse_when(until, tz, field="until", end_of_day=True)
             )
-        q = q.order_by(self.t.c.occurred_at.desc(), self.t.c.id.desc()).limit(limit).offset(offset)
-        return self._fetch(q)
+        return self.s.access.filter(q, action, self.resource)
 
-    def iter(self, batch_size: int = 1000) -> Iterator[Interaction]:
-        """Every interaction, in id order, with its respondents, fetched in batches."""
-        return self._keyset(self._select(), self._fetch, batch_size)
+    def _mask(self, record: Interaction, action: str = "read") -> Interaction:
+        hidden = self.s.access.hidden(action, self.resource)
+        if not hidden:
+            return record
+        known = attrs.fields_dict(Interaction)
+        blank: dict[str, Any] = {f: None for f in hidden if f in known and f != "hidden"}
+        return attrs.evolve(record, **blank, hidden=tuple(sorted(hidden)))
 
     def _select(self) -> Any:
         users = self.s.table("users")
@@ -669,8 +984,8 @@ class Interactions(_Repo):
             self.t.outerjoin(users, users.c.id == self.t.c.user_id)
         )
 
-    def _fetch(self, q: Any) -> builtins.list[Interaction]:
-        rows = self.conn.execute(q).all()
+    def _load(self, query: Any) -> builtins.list[Interaction]:
+        rows = self.conn.execute(query).all()
         if not rows:
             return []
         links = self.s.table("interaction_respondents")
@@ -690,10 +1005,16 @@ class Interactions(_Repo):
 
 
 # -- invoices --------------------------------------------------------------------------
-class Invoices(_Repo):
-    """Invoices of deals: issued, then paid or cancelled; every change is an event."""
+class Invoices(_Guarded[Invoice]):
+    """Invoices of deals: issued, then paid or cancelled; every change is an event.
+
+    Policies: issuing is ``create`` (on the invoice as it would be stored;
+    the deal must be readable), paying and cancelling ``update``; reads,
+    :meth:`find`, lists and counts only see the invoices the user may ``read``.
+    """
 
     table_name = "invoices"
+    resource = "invoice"
 
     def issue(
         self,
@@ -705,7 +1026,7 @@ class Invoices(_Repo):
         at: Any = None,
     ) -> Invoice:
         """Issue an invoice for a deal that is not lost."""
-        deal = self.s.deals.get(deal_id)
+        deal = self.s.deals._check("read", deal_id)
         if deal.status == DealStatus.LOST:
             raise Conflict(f"deal #{deal.id} is lost; no invoice can be issued", field="deal")
         when = self._when(at)
@@ -717,27 +1038,35 @@ class Invoices(_Repo):
             "issued_at": when,
             "created_by": self.s.user.id,
         }
+        self.s.access.require("create", "invoice", self.s.access.view_of("invoice", values))
         if number is not None:
             number = require_text(number, field="number", max_length=50)
-            if self.find(number) is not None:
+            existing = self._find(number)
+            if existing is not None:
+                if self._find(number, action="read") is None:  # reveal nothing of it
+                    raise Conflict(
+                        f"another invoice, which you may not see, already has the number "
+                        f"{number!r}",
+                        field="number",
+                    )
                 raise Conflict(f"invoice {number!r} already exists", field="number")
         values["number"] = number if number is not None else self._next_number(when)
         invoice_id = self._insert(values)
-        invoice = self.get(invoice_id)
+        invoice = self._fetch(invoice_id)
         self.s.record("invoice", invoice.id, "issued", _jsonable(values), at=when)
         self.s.crm.plugins.invoice_status_changed(session=self.s, invoice=invoice, old_status=None)
         return invoice
 
     def pay(self, invoice_id: int, *, at: Any = None) -> Invoice:
-        """Mark an issued invoice paid."""
+        """Mark an issued invoice paid (an ``update``)."""
         return self._set_status(invoice_id, InvoiceStatus.PAID, at, "paid_at")
 
     def cancel(self, invoice_id: int, *, at: Any = None) -> Invoice:
-        """Cancel an issued invoice."""
+        """Cancel an issued invoice (an ``update``)."""
         return self._set_status(invoice_id, InvoiceStatus.CANCELLED, at, "cancelled_at")
 
     def _set_status(self, invoice_id: int, status: InvoiceStatus, at: Any, column: str) -> Invoice:
-        invoice = self.get(invoice_id)
+        invoice = self._check("update", invoice_id)
         if invoice.status != InvoiceStatus.ISSUED:
             raise Conflict(
                 f"invoice {invoice.number} is {invoice.status.value}; only an issued invoice "
@@ -760,51 +1089,85 @@ class Invoices(_Repo):
             status.value,
             {"from": invoice.status.value, "at": when.isoformat()},
         )
-        updated = self.get(invoice.id)
+        updated = self._fetch(invoice.id)
         self.s.crm.plugins.invoice_status_changed(
             session=self.s, invoice=updated, old_status=invoice.status.value
         )
         return updated
 
     def find(self, number: str) -> Invoice | None:
-        """The invoice with this number, or None."""
-        row = self.conn.execute(select(self.t).where(self.t.c.number == number)).first()
-        return _invoice(row) if row else None
+        """The invoice with this number, if the user may read it; else None."""
+        found = self._find(number, action="read")
+        if found is not None:
+            self.s.audit("read", self.resource, ids=[found.id])
+        return found
+
+    def _find(self, number: str, *, action: str | None = None) -> Invoice | None:
+        """The invoice with this number; only among those ``action`` allows (None: any)."""
+        query = self._select().where(self.t.c.number == number)
+        if action is not None:
+            query = self.s.access.filter(query, action, self.resource)
+        found = self._load(query.limit(1))
+        return found[0] if found else None
 
     def get(self, invoice_id: int) -> Invoice:
-        """The invoice with this id; raises :class:`NotFound`."""
-        return _invoice(
-            self._one(select(self.t).where(self.t.c.id == invoice_id), invoice_id, "invoice")
-        )
+        """The invoice with this id, if the user may read it; raises :class:`NotFound`."""
+        return self._get(invoice_id)
 
     def list(
-        self, *, status: str | None = None, deal_id: int | None = None, limit: int | None = 50
+        self,
+        *,
+        status: str | None = None,
+        deal_id: int | None = None,
+        limit: int | None = 50,
+        offset: int = 0,
     ) -> builtins.list[Invoice]:
-        """Invoices, newest first."""
-        q = select(self.t)
+        """The invoices the user may read, newest first (the ids listed are audited)."""
+        q = self._filtered(status=status, deal_id=deal_id)
+        q = q.order_by(self.t.c.issued_at.desc(), self.t.c.id.desc()).limit(limit).offset(offset)
+        return self._listed(q)
+
+    def count(self, **filters: Any) -> int:
+        """How many invoices :meth:`list` would find without a limit (the same filters)."""
+        return self._count(self._filtered(**filters))
+
+    def _filtered(
+        self, *, action: str = "read", status: str | None = None, deal_id: int | None = None
+    ) -> Any:
+        q = self._select()
         if status is not None:
             q = q.where(self.t.c.status == _enum(InvoiceStatus, status, "status").value)
         if deal_id is not None:
             q = q.where(self.t.c.deal_id == deal_id)
-        q = q.order_by(self.t.c.issued_at.desc(), self.t.c.id.desc()).limit(limit)
-        return [_invoice(r) for r in self.conn.execute(q)]
+        return self.s.access.filter(q, action, self.resource)
+
+    def _load(self, query: Any) -> builtins.list[Invoice]:
+        return [_invoice(r) for r in self.conn.execute(query)]
 
     def _next_number(self, when: dt.datetime) -> str:
+        """The next free number of the year: over every invoice, whoever may see it."""
         prefix = f"{when.astimezone(self.s.crm.tz).year}-"
         count = self.conn.execute(
             select(func.count()).where(self.t.c.number.like(f"{prefix}%"))
         ).scalar_one()
         number = int(count) + 1
-        while self.find(f"{prefix}{number:05d}") is not None:
+        while self._find(f"{prefix}{number:05d}") is not None:
             number += 1
         return f"{prefix}{number:05d}"
 
 
 # -- tasks -----------------------------------------------------------------------------
-class Tasks(_Repo):
-    """Tasks with ordered steps, an assignee and a deadline."""
+class Tasks(_Guarded[Task]):
+    """Tasks with ordered steps, an assignee and a deadline.
+
+    Policies: adding is ``create`` (on the task as it would be stored: its
+    owner is the assignee; its client and deal must be readable), marking
+    steps and closing ``update``; reads, lists and counts only see the
+    tasks the user may ``read``.
+    """
 
     table_name = "tasks"
+    resource = "task"
 
     def add(
         self,
@@ -821,8 +1184,48 @@ class Tasks(_Repo):
 
         ``at`` is when it was set (default: now), for tasks recorded after the fact.
         """
+        return self._add(
+            title,
+            due=due,
+            assignee=assignee,
+            client_id=client_id,
+            deal_id=deal_id,
+            steps=steps,
+            at=at,
+            checked=True,
+        )
+
+    def _add(
+        self,
+        title: str,
+        *,
+        due: Any,
+        assignee: str | int | None,
+        client_id: int | None,
+        deal_id: int | None,
+        steps: Sequence[str],
+        at: Any,
+        checked: bool,
+    ) -> Task:
+        """:meth:`add`; unless ``checked``, without access checks (an interaction's effect)."""
+        clients, deals = self.s.clients, self.s.deals
+        client_of: Callable[[int], Client] = (
+            clients.get if checked else (lambda i: _stored_client(self.s, i))
+        )
+        deal_of: Callable[[int], Deal] = (
+            (lambda i: deals._check("read", i)) if checked else deals._fetch
+        )
         problems: list[Problem] = []
         values: dict[str, Any] = {"created_by": self.s.user.id}
+        deal: Deal | None = None
+
+        def the_deal() -> int | None:
+            nonlocal deal
+            if deal_id is None:
+                return None
+            deal = deal_of(deal_id)
+            return deal.id
+
         for key, fn in (
             ("title", lambda: require_text(title, field="title")),
             ("created_at", lambda: self._when(at)),
@@ -833,8 +1236,8 @@ class Tasks(_Repo):
                     self.s.user.id if assignee is None else assignee, field="assignee"
                 ),
             ),
-            ("client_id", lambda: None if client_id is None else self.s.clients.get(client_id).id),
-            ("deal_id", lambda: None if deal_id is None else self.s.deals.get(deal_id).id),
+            ("client_id", lambda: None if client_id is None else client_of(client_id).id),
+            ("deal_id", the_deal),
             (
                 "steps",
                 lambda: [
@@ -849,15 +1252,17 @@ class Tasks(_Repo):
                 problems.append(Problem(exc.field, exc.message))
         if problems:
             raise ValidationError.from_problems(problems)
-        if values["deal_id"] is not None and values["client_id"] is None:
-            values["client_id"] = self.s.deals.get(values["deal_id"]).client_id
+        if deal is not None and values["client_id"] is None:
+            values["client_id"] = deal.client_id
+        if checked:
+            self.s.access.require("create", "task", self.s.access.view_of("task", values))
         task_id = self._insert(values)
         self.s.record("task", task_id, "created", _jsonable(values), at=values["created_at"])
-        return self.get(task_id)
+        return self._fetch(task_id)
 
     def step(self, task_id: int, number: int, *, done: bool = True, at: Any = None) -> Task:
-        """Mark step ``number`` (from 1) done, or not done again."""
-        task = self.get(task_id)
+        """Mark step ``number`` (from 1) done, or not done again (an ``update``)."""
+        task = self._check("update", task_id)
         if not 1 <= number <= len(task.steps):
             raise ValidationError(
                 f"task #{task.id} has {len(task.steps)} steps; there is no step {number}",
@@ -870,14 +1275,14 @@ class Tasks(_Repo):
         self.s.record(
             "task", task.id, "step_done" if done else "step_undone", {"step": number}, at=when
         )
-        return self.get(task.id)
+        return self._fetch(task.id)
 
     def done(self, task_id: int, *, at: Any = None, force: bool = False) -> Task:
-        """Close a task; it is recorded as late when done after its deadline.
+        """Close a task (an ``update``); it is recorded as late when done after its deadline.
 
         All steps must be done first, unless ``force``.
         """
-        task = self.get(task_id)
+        task = self._check("update", task_id)
         if task.done_at is not None:
             raise Conflict(f"task #{task.id} is already done", field="task")
         open_steps = [str(i + 1) for i, s in enumerate(task.steps) if s.done_at is None]
@@ -898,11 +1303,11 @@ class Tasks(_Repo):
             update(self.t).where(self.t.c.id == task.id).values(done_at=when, done_late=late)
         )
         self.s.record("task", task.id, "done", {"late": late}, at=when)
-        return self.get(task.id)
+        return self._fetch(task.id)
 
     def get(self, task_id: int) -> Task:
-        """The task with this id; raises :class:`NotFound`."""
-        return _task(self._one(self._select().where(self.t.c.id == task_id), task_id, "task"))
+        """The task with this id, if the user may read it; raises :class:`NotFound`."""
+        return self._get(task_id)
 
     def list(
         self,
@@ -916,7 +1321,35 @@ class Tasks(_Repo):
         limit: int | None = 50,
         offset: int = 0,
     ) -> builtins.list[Task]:
-        """Tasks by deadline. ``overdue``: open past the deadline, or done late."""
+        """The tasks the user may read, by deadline (the ids listed are audited).
+
+        ``overdue``: open past the deadline, or done late.
+        """
+        q = self._filtered(
+            assignee=assignee,
+            overdue=overdue,
+            done=done,
+            client_id=client_id,
+            deal_id=deal_id,
+            now=now,
+        )
+        return self._listed(q.order_by(self.t.c.due_at, self.t.c.id).limit(limit).offset(offset))
+
+    def count(self, **filters: Any) -> int:
+        """How many tasks :meth:`list` would find without a limit (the same filters)."""
+        return self._count(self._filtered(**filters))
+
+    def _filtered(
+        self,
+        *,
+        action: str = "read",
+        assignee: str | int | None = None,
+        overdue: bool | None = None,
+        done: bool | None = None,
+        client_id: int | None = None,
+        deal_id: int | None = None,
+        now: dt.datetime | None = None,
+    ) -> Any:
         q = self._select()
         if assignee is not None:
             q = q.where(self.t.c.assignee_id == self.s.users.get(assignee, field="assignee").id)
@@ -932,14 +1365,16 @@ class Tasks(_Repo):
                 self.t.c.done_late.is_(True),
             )
             q = q.where(cond if overdue else ~cond)
-        q = q.order_by(self.t.c.due_at, self.t.c.id).limit(limit).offset(offset)
-        return [_task(r) for r in self.conn.execute(q)]
+        return self.s.access.filter(q, action, self.resource)
 
     def _select(self) -> Any:
         users = self.s.table("users")
         return select(self.t, users.c.login.label("assignee")).select_from(
             self.t.outerjoin(users, users.c.id == self.t.c.assignee_id)
         )
+
+    def _load(self, query: Any) -> builtins.list[Task]:
+        return [_task(r) for r in self.conn.execute(query)]
 
 
 # -- helpers ---------------------------------------------------------------------------
