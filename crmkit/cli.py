@@ -1239,13 +1239,27 @@ def _history_rows(history: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _client_stage(s: Any, client_id: int) -> Callable[[], str | None]:
+    """How to read the client's lifecycle stage, if the user may read the client at all."""
+    from sqlalchemy import select
+
+    if not s.access.may("read", "client"):
+        return lambda: None
+    clients = s.table("clients")
+    query = s.access.filter(
+        select(clients.c.stage).where(clients.c.id == client_id), "read", "client"
+    )
+    return lambda: s.connection.execute(query).scalar()
+
+
 def _report_move(state: State, deal_id: int, fmt: str, do: Callable[[Any], Any]) -> None:
     """Run one move of a deal and print it (and a lifecycle move it caused)."""
     with state.session() as s:
         client_id = s.deals.get(deal_id).client_id
-        before = s.clients.get(client_id).stage
+        stage = _client_stage(s, client_id)
+        before = stage()
         change = do(s)
-        after = s.clients.get(client_id).stage
+        after = stage()
         row = _deal_rows(s, [s.deals.get(deal_id)], _utcnow())[0]
     if fmt == "json":
         emit({"change": change, "deal": row}, fmt)

@@ -612,3 +612,32 @@ def test_an_import_is_checked_row_by_row_and_reveals_nothing(crm, org, tmp_path)
         assert s.clients.find(email="anna1@clients.example").name == "Anna client 1 renamed"
         assert s.clients.find(email="boris0@clients.example").name == "Boris client 0"
         assert s.clients.find(email="anna2@clients.example").owner == "anna"
+
+
+def test_winning_a_deal_on_someone_elses_client_makes_the_client_a_customer(
+    crm, org, register_plugin
+):
+    """The lifecycle move is an effect of the allowed win, made on the user's behalf."""
+
+    class Quick:
+        @hookimpl
+        def crmkit_pipelines(self):
+            return [{"name": "quick", "stages": [{"name": "agreed"}]}]
+
+    register_plugin(Quick())
+    boris_client = org["clients"]["boris"][1]
+    with crm.session() as s:
+        deal = s.deals.open(boris_client, pipeline="quick", title="Anna's", owner="anna")
+    with crm.session(as_user="anna") as s:
+        s.deals.win(deal.id)
+        with pytest.raises(NotFound):
+            s.clients.get(boris_client)  # still not hers to read
+    with crm.session(as_user="admin", readonly=True) as s:
+        assert s.clients.get(boris_client).stage == "customer"
+        audit = s.tables["audit_log"]
+        moved = s.connection.execute(
+            select(audit.c.detail).where(
+                audit.c.login == "anna", audit.c.resource == "client", audit.c.kind == "change"
+            )
+        ).all()
+        assert any(r.detail.get("on_behalf") for r in moved)

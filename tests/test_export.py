@@ -268,10 +268,19 @@ def test_a_failed_export_leaves_no_file(crm: Any, invoke: Any, tmp_path: Path) -
 
 
 def test_export_reads_as_the_acting_user(crm: Any, invoke: Any, tmp_path: Path) -> None:
-    fill(crm, clients=1)
-    with crm.session(as_user="anna", readonly=True) as s:
-        assert s.user.login == "anna"
-        assert export(s, "clients", tmp_path / "anna.jsonl") == 1
+    """Exports what the user may export: a head their team's clients; a manager nothing."""
+    fill(crm, clients=2)  # the admin's client and anna's
+    with crm.session() as s:
+        s.teams.add("sales")
+        s.users.update("anna", team="sales")
+        s.users.add("hugo", role="head", team="sales")
+    with crm.session(as_user="hugo", readonly=True) as s:
+        assert export(s, "clients", tmp_path / "hugo.jsonl") == 1
+    rows = [json.loads(line) for line in (tmp_path / "hugo.jsonl").read_text().splitlines()]
+    assert [r["owner"] for r in rows] == ["anna"]
+    refused = invoke("export", "clients", str(tmp_path / "anna.csv"), as_user="anna")
+    assert refused.exit_code == 5 and "may not export client cards" in refused.stderr
+    assert not (tmp_path / "anna.csv").exists()
     result = invoke("export", "clients", str(tmp_path / "x.csv"), as_user="ghost")
     assert result.exit_code == NotFound.exit_code
     assert "no user 'ghost'" in result.stderr

@@ -29,11 +29,12 @@ those actions must stay within the translatable subset (see
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -492,6 +493,15 @@ def _check_rule(rule: Rule, resources: Mapping[str, Resource], *, where: str) ->
         except UnknownAttribute as exc:
             raise PolicyError(str(exc), field=f"{where}.when") from None
 
+
+#: the rule that allows the effects of an allowed action (:meth:`Access.on_behalf`)
+BEHALF_RULE = Rule(
+    id="on-behalf",
+    effect="allow",
+    actions=("*",),
+    resources=("*",),
+    description="the effects of an action the user was allowed",
+)
 
 #: the subject's attributes (what ``{"$subject": NAME}`` may name), with template values
 TEMPLATE_SUBJECT: dict[str, Any] = {
@@ -1030,7 +1040,31 @@ class Access:
         self.policies = policies
         self.session = session
         self._compiled: dict[tuple[str, str], Compiled] = {}
-        self._checks: dict[tuple[str, str], Check] = {}
+        self._checks: dict[tuple[str, str, bool], Check] = {}
+        self._behalf: list[str] = []
+
+    @contextlib.contextmanager
+    def on_behalf(self, reason: str) -> Iterator[None]:
+        """Do the effects of an allowed action without checking each of them.
+
+        A won deal makes its client a customer; a logged call moves its deal
+        along. The user was allowed the action; its effects, defined by the
+        pipeline's rules or a plugin, are not theirs to be refused one by one
+        (a manager may win their deal on a client owned by someone else, and
+        the client still becomes a customer). Inside the block every decision
+        allows; the audit log's entries name ``reason``. Use it only for such
+        effects, never for what the user asked for.
+        """
+        self._behalf.append(reason)
+        try:
+            yield
+        finally:
+            self._behalf.pop()
+
+    @property
+    def behalf(self) -> str | None:
+        """The reason of the innermost :meth:`on_behalf` block, or None outside one."""
+        return self._behalf[-1] if self._behalf else None
 
     @cached_property
     def subject(self) -> dict[str, Any]:
@@ -1061,6 +1095,8 @@ class Access:
                     node = Opaque(when)
                 (allow if rule.effect == "allow" else deny).append((rule, node))
             found = self._compiled[key] = Compiled(action, res, tuple(allow), tuple(deny))
+        if self._behalf:  # the effects of an allowed action (see on_behalf)
+            return Compiled(action, found.resource, ((BEHALF_RULE, True),), ())
         return found
 
     # -- lists --------------------------------------------------------------
@@ -1119,7 +1155,7 @@ class Access:
     # -- single records ---------------------------------------------------------
     def allows(self, action: str, resource: str, record: Mapping[str, Any]) -> bool:
         """Whether the user may ``action`` the record (its view: attribute -> value)."""
-        key = (action, resource)
+        key = (action, resource, bool(self._behalf))
         check = self._checks.get(key)
         if check is None:
             compiled = self.compiled(action, resource)
@@ -1175,7 +1211,7 @@ class Access:
         """
         quota = self.quota()
         session = self.session
-        if quota is None or client_id in session.pending_reads:
+        if quota is None or self._behalf or client_id in session.pending_reads:
             return
         reads = session.tables["access_reads"]
         day = dt.datetime.now(session.crm.tz).date()

@@ -264,6 +264,12 @@ def converter() -> cattrs.Converter:
                 Segment, conv, classifier=omit, scorer=omit, settings_schema=omit
             ),
         )
+        # fields hidden by an access policy are named only when there are some
+        for cls in (Client, Contact, Interaction):
+            conv.register_unstructure_hook(
+                cls,
+                make_dict_unstructure_fn(cls, conv, hidden=override(omit_if_default=True)),
+            )
         _converter = conv
     return _converter
 

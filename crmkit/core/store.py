@@ -105,6 +105,9 @@ class Session:
         refused which records) and are kept even when the session rolls back;
         ``kind="change"`` entries describe changes and are dropped with them.
         """
+        access = self.__dict__.get("access")
+        if access is not None and access.behalf is not None:  # an effect, not the user's own act
+            detail = {**(detail or {}), "on_behalf": access.behalf}
         self.audit_buffer.append(
             AuditEntry(
                 at=utcnow(),

@@ -169,6 +169,12 @@ def crmkit_stage_changed(session: Any, change: Any) -> None:
     lifecycle = session.crm.lifecycle
     if lifecycle is None:
         return
+    # an effect of the allowed win: the winner need not be allowed to move the client's card
+    with session.access.on_behalf("a won deal makes its client a customer"):
+        _client_bought(session, lifecycle, change)
+
+
+def _client_bought(session: Any, lifecycle: Any, change: Any) -> None:
     client_id = session.deals.get(change.entity_id).client_id
     current = session.clients.get(client_id).stage
     bought_before = current in ("customer", "repeat_customer") or (

@@ -58,34 +58,46 @@ Target = str | os.PathLike[str] | IO[str]
 
 
 # -- reading, through the session's repositories ----------------------------------------
-def iter_clients(session: Session, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Client]:
-    """Every client the session may read, in id order, ``batch_size`` rows per query."""
-    return session.clients.iter(batch_size)
+def iter_clients(
+    session: Session, batch_size: int = DEFAULT_BATCH_SIZE, *, action: str = "export"
+) -> Iterator[Client]:
+    """Every client the session may export, in id order, ``batch_size`` rows per query."""
+    return session.clients.iter(batch_size, action=action)
 
 
-def iter_deals(session: Session, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Deal]:
-    """Every deal the session may read, in id order, ``batch_size`` rows per query."""
-    return session.deals.iter(batch_size)
+def iter_deals(
+    session: Session, batch_size: int = DEFAULT_BATCH_SIZE, *, action: str = "export"
+) -> Iterator[Deal]:
+    """Every deal the session may export, in id order, ``batch_size`` rows per query."""
+    return session.deals.iter(batch_size, action=action)
 
 
 def iter_interactions(
-    session: Session, batch_size: int = DEFAULT_BATCH_SIZE
+    session: Session, batch_size: int = DEFAULT_BATCH_SIZE, *, action: str = "export"
 ) -> Iterator[Interaction]:
-    """Every interaction the session may read, in id order, with its respondents.
+    """Every interaction the session may export, in id order, with its respondents.
 
     The respondents of a batch are read in one more query, never one per row.
     """
-    return session.interactions.iter(batch_size)
+    return session.interactions.iter(batch_size, action=action)
 
 
 _READERS = {"clients": iter_clients, "deals": iter_deals, "interactions": iter_interactions}
+#: the access policies' resource of each kind of export
+RESOURCES = {"clients": "client", "deals": "deal", "interactions": "interaction"}
 
 
 def records(session: Session, kind: str, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[Any]:
-    """The domain objects of ``kind`` (``clients``, ``deals``, ``interactions``), streaming."""
+    """The domain objects of ``kind`` (``clients``, ``deals``, ``interactions``), streaming.
+
+    Export is its own action in the access policies (by default only heads,
+    for their teams, and admins have it): only what the session may export
+    is read, filtered by the database.
+    """
     check_kind(kind)
     if batch_size < 1:
         raise ValidationError("must be at least 1", field="batch_size")
+    session.access.require_any("export", RESOURCES[kind])
     return _READERS[kind](session, batch_size)
 
 
@@ -98,8 +110,13 @@ def check_kind(kind: str) -> str:
 
 
 def columns(kind: str) -> list[str]:
-    """The columns of an export of ``kind``: its domain class's fields, in order."""
-    return [f.name for f in attrs.fields(KINDS[check_kind(kind)])]
+    """The columns of an export of ``kind``: its domain class's fields, in order.
+
+    ``hidden`` (the fields an access policy hides from the exporter) is not a
+    column: a hidden field is exported empty, and JSON Lines rows then name
+    the hidden fields under ``"hidden"``.
+    """
+    return [f.name for f in attrs.fields(KINDS[check_kind(kind)]) if f.name != "hidden"]
 
 
 def file_format(target: Target, format: str | None = None) -> str:
@@ -171,18 +188,45 @@ def export(
         "".encode(encoding)
     except LookupError:
         raise ValidationError(f"unknown encoding {encoding!r}", field="encoding") from None
+    resource = RESOURCES[kind]
+    session.access.require_any("export", resource)
     params = param_names(session, batch_size=batch_size) if flatten_params else []
     try:
         with _opened(target, encoding) as out:
             rows = records(session, kind, batch_size=batch_size)
             if fmt == "jsonl":
-                return _write_jsonl(out, rows)
-            return _write_csv(out, kind, rows, params)
+                count = _write_jsonl(out, rows)
+            else:
+                count = _write_csv(out, kind, rows, params)
     except UnicodeEncodeError as exc:
         bad = exc.object[exc.start : exc.end]
         raise ValidationError(
             f"{bad!r} cannot be written in {encoding!r} (use utf-8)", field="encoding"
         ) from None
+    # every export is recorded: which records (the policy's condition), how many, where to
+    condition = session.access.where("export", resource)
+    session.audit(
+        "export",
+        resource,
+        detail={
+            "kind": kind,
+            "rows": count,
+            "format": fmt,
+            "target": _describe(target),
+            "condition": str(
+                condition.compile(
+                    dialect=session.connection.dialect, compile_kwargs={"literal_binds": True}
+                )
+            ),
+        },
+    )
+    return count
+
+
+def _describe(target: Target) -> str:
+    if isinstance(target, str | os.PathLike):
+        return str(target)
+    return str(getattr(target, "name", "a stream"))
 
 
 def param_names(session: Session, *, batch_size: int = DEFAULT_BATCH_SIZE) -> list[str]:
@@ -191,7 +235,7 @@ def param_names(session: Session, *, batch_size: int = DEFAULT_BATCH_SIZE) -> li
     Names found in the data but declared by no segment follow, sorted.
     """
     seen: set[str] = set()
-    for client in iter_clients(session, batch_size):
+    for client in iter_clients(session, batch_size):  # what the export will write
         seen.update(client.params)
     declared: list[str] = []
     for name in sorted(session.crm.segments):
