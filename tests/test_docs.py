@@ -562,3 +562,23 @@ def test_docs_build_without_warnings(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "html" / "hooks.html").is_file()
+
+
+@pytest.mark.slow
+def test_access_page_shows_what_the_commands_print(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``docs/access.rst``, walked top to bottom: every policy check, SQL clause and refusal.
+
+    The page loads two example plugins from ``docs/examples`` (``crmkit_vip``
+    and ``crmkit_vip_access``), so the commands it runs get that folder on
+    their ``PYTHONPATH``. The JSON and TOML blocks not run are the policy
+    documents and settings the page explains before its hidden steps write them.
+    """
+    import os
+
+    pytest.importorskip("crmkit_segment_b2b", reason="pip install -e plugins/segment_b2b")
+    path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", f"{EXAMPLES}{os.pathsep}{path}" if path else str(EXAMPLES))
+    walked = _walk_and_compare("access.rst", tmp_path)
+    assert {b.lang for b in walked.unchecked} <= {"json", "toml"}
