@@ -1041,6 +1041,7 @@ class Access:
         self.session = session
         self._compiled: dict[tuple[str, str], Compiled] = {}
         self._checks: dict[tuple[str, str, bool], Check] = {}
+        self._where: dict[tuple[str, str, Any, bool], ColumnElement[bool]] = {}
         self._behalf: list[str] = []
 
     @contextlib.contextmanager
@@ -1112,8 +1113,14 @@ class Access:
         tables = self.session.tables
         if res.table is None:
             raise ValidationError(f"{resource} has no records to filter", field="resource")
+        target = table if table is not None else tables[res.table]
+        key = (action, resource, target, bool(self._behalf))
+        found = self._where.get(key)  # clauses are immutable: one per session serves every query
+        if found is not None:
+            return found
         try:
-            return to_sql(compiled.node, table if table is not None else tables[res.table], tables)
+            found = self._where[key] = to_sql(compiled.node, target, tables)
+            return found
         except Untranslatable:  # only rules for single-record actions may be untranslatable
             opaque = [r.id for r, n in (*compiled.allow, *compiled.deny) if _has_opaque(n)]
             raise ValidationError(
