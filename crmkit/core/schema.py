@@ -83,7 +83,7 @@ def core_metadata() -> MetaData:
         Column("parent_id", Integer, ForeignKey("teams.id", ondelete="RESTRICT"), nullable=True),
         Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     )
-    Table(
+    users = Table(
         "users",
         metadata,
         Column("id", Integer, primary_key=True),
@@ -94,6 +94,8 @@ def core_metadata() -> MetaData:
         Column("active", Boolean, nullable=False, default=True),
         Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     )
+    # a head's policies look up the users of their teams (revision crmkit_0005)
+    Index("ix_users_team_id", users.c.team_id)
     clients = Table(
         "clients",
         metadata,

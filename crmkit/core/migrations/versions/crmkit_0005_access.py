@@ -7,7 +7,8 @@ Create Date: 2026-11-23 03:00:00.000000
 Three new tables (``audit_log``, ``access_reads``, ``api_tokens``). The
 single-column owner indexes of ``clients`` and ``deals`` become
 ``(owner_id, id)``: a manager's newest-first page of clients is then one index
-range on PostgreSQL as on SQLite (where every index already ends in the rowid).
+range on PostgreSQL as on SQLite (where every index already ends in the rowid);
+``users.team_id`` gets an index for the policies of heads (users of their teams).
 Indexes are created and dropped in place; no table is rebuilt.
 """
 
@@ -79,9 +80,11 @@ def upgrade() -> None:
     for table in ("clients", "deals"):
         op.create_index(f"ix_{table}_owner_id_id", table, ["owner_id", "id"])
         op.drop_index(f"ix_{table}_owner_id", table_name=table)
+    op.create_index("ix_users_team_id", "users", ["team_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_users_team_id", table_name="users")
     for table in ("deals", "clients"):
         op.create_index(f"ix_{table}_owner_id", table, ["owner_id"])
         op.drop_index(f"ix_{table}_owner_id_id", table_name=table)
