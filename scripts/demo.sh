@@ -3,7 +3,7 @@
 # ./demo on SQLite (the embedded default) filled with a seeded year of a sales
 # department (crmkit init --sample), and shows crmkit's main job on it: clients
 # with segment parameters, the B2B pipeline, a call that moves a deal, stalled
-# deals and overdue tasks.
+# deals and overdue tasks, and the access policies that protect the base.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -45,3 +45,12 @@ crmkit deal list --stalled --limit 10
 crmkit overdue --limit 10
 # A duplicate never makes a second card: this fails with a clear message.
 crmkit client add "Volga again" --email BUY@volga.example || true
+
+# The base is protected: a manager lists only their clients and may not export
+# (refused, exit 5), the policies explain every decision, and every access is in
+# a tamper-evident audit log.
+crmkit --as a.petrenko client list --limit 5
+crmkit --as a.petrenko export clients - || true
+crmkit policy check a.petrenko export client "$client"
+crmkit policy sql a.petrenko read client
+crmkit audit verify
