@@ -680,48 +680,26 @@ class Clients(_Repo):
         reason: str | None = None,
         reactivate: bool = False,
     ) -> StageChange:
-        """Move a client forward in the lifecycle (``lost`` needs a reason).
+        """Move a client forward in the lifecycle (``lost`` needs a reason): an ``update``.
 
         ``reactivate`` brings a lost client back (used when a lost client buys again).
         """
-        from .lifecycle import move_entity
+        from .lifecycle import move_client
 
-        flow = self.s.crm.lifecycle
-        if flow is None:
+        if self.s.crm.lifecycle is None:
             raise ValidationError("this deployment has no client lifecycle pipeline", field="stage")
         client = self.get(client_id)
         self.require("update", client.id)
-        when = self._when(at)
-        entered = None
-        if client.stage is not None:  # since the last move, or since the client was created
-            changes = self.s.table("stage_changes")
-            entered = (
-                self.conn.execute(
-                    select(func.max(changes.c.at)).where(
-                        changes.c.entity == "client", changes.c.entity_id == client.id
-                    )
-                ).scalar()
-                or client.created_at
-            )
-        change = move_entity(
+        return move_client(
             self.s,
-            pipeline=flow,
-            entity="client",
-            entity_id=client.id,
-            current=client.stage,
-            entered_at=entered,
-            target=stage,
-            deal=None,
-            client=client,
-            at=when,
+            self._fetch(client.id),  # the whole card: a gate may look at hidden fields
+            stage,
+            at=at,
             cause=cause,
             interaction_id=interaction_id,
             reason=reason,
             reactivate=reactivate,
         )
-        self.conn.execute(update(self.t).where(self.t.c.id == client.id).values(stage=stage))
-        self.s.crm.plugins.stage_changed(session=self.s, change=change)
-        return change
 
     def update(self, client_id: int, **changes: Any) -> Client:
         """Change fields of a card; ``None`` clears an optional field.
