@@ -921,6 +921,59 @@ def channel_list(state: State, fmt: str) -> None:
     emit(list(state.crm().channels.values()), fmt, columns=["name", "title"])
 
 
+@channel.command("cost")
+@click.argument("name", metavar="CHANNEL")
+@click.option("--period", required=True, help="2026-11, 2026-Q3, 2026 or 2026-01-01..2026-03-31.")
+@click.option("--amount", required=True, help="What the channel cost over the period.")
+@click.option("--currency", help="Three letters (default: the deployment's currency).")
+@click.option("--note", help="What the money went to.")
+@format_option
+@pass_state
+def channel_cost(
+    state: State,
+    name: str,
+    period: str,
+    amount: str,
+    currency: str | None,
+    note: str | None,
+    fmt: str,
+) -> None:
+    """Record what CHANNEL cost over a period (the same period again replaces it).
+
+    The channels report charges each period the part of a cost that falls in
+    it, spread evenly over the cost's days. Admins, heads and marketers may.
+    """
+    with state.session() as s:
+        cost = s.channel_costs.record(
+            name, period=period, amount=amount, currency=currency, note=note
+        )
+    if fmt == "table":
+        click.echo(f"{cost.channel}: {cost.amount} {cost.currency} for {cost.period}")
+        return
+    emit(cost, fmt)
+
+
+@channel.command("costs")
+@click.option("--channel", "only", metavar="CHANNEL", help="Only this channel.")
+@click.option("--period", help="Only costs that overlap this period.")
+@format_option
+@pass_state
+def channel_costs(state: State, only: str | None, period: str | None, fmt: str) -> None:
+    """List the recorded costs of marketing channels."""
+    from crmkit.core.reports import parse_period
+
+    with state.session(readonly=True) as s:
+        span = None
+        if period is not None:
+            span = parse_period(period, today=_utcnow().astimezone(s.crm.tz).date())
+        costs = s.channel_costs.list(
+            channel=only,
+            start=span.start if span else None,
+            end=span.end if span else None,
+        )
+    emit(costs, fmt, columns=["id", "channel", "period", "amount", "currency", "note"])
+
+
 # -- interactions ------------------------------------------------------------------------------
 INTERACTION_COLUMNS = [
     "id",

@@ -56,8 +56,12 @@ def report_command(report: Report) -> click.Command:
         state = click.get_current_context().find_object(State)
         assert state is not None
         fmt, out = given.pop("fmt"), given.pop("out")
+        chart = given.pop("chart", None)
         with state.session(readonly=True) as s:
             result = s.report(report.name, **given)
+        if chart is not None:
+            drawn = report.draw(result, chart)
+            click.echo(f"Drew the chart in {drawn}", err=True)
         if out is not None:
             try:
                 with open(out, "w", encoding="utf-8", newline="") as handle:
@@ -88,6 +92,14 @@ def report_command(report: Report) -> click.Command:
     params.append(
         click.Option(["--out"], metavar="FILE", help="Write the report to FILE instead of stdout.")
     )
+    if report.chart is not None:
+        params.append(
+            click.Option(
+                ["--chart"],
+                metavar="FILE",
+                help="Also draw the report into FILE (.png or .svg).",
+            )
+        )
     doc = report.title + (f"\n\n{report.description}" if report.description else "")
     return click.Command(
         report.name, callback=run, params=params, help=doc, short_help=report.title

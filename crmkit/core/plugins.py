@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 #: Dotted names of the built-in plugins, registered before any other.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "crmkit.plugins.access",
+    "crmkit.plugins.analytics",
     "crmkit.plugins.channels",
     "crmkit.plugins.interactions",
     "crmkit.plugins.pipelines",

@@ -16,8 +16,10 @@ read in the deployment's time zone.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
@@ -166,6 +168,10 @@ class ReportResult:
 
 #: ``run(session, query) -> ReportResult``
 Runner = Callable[["Session", ReportQuery], ReportResult]
+#: ``chart(result, path)``: draw a computed report into ``path`` (``.png`` or ``.svg``)
+Charter = Callable[[ReportResult, "Path"], None]
+#: the files a chart may be written to, by suffix
+CHART_SUFFIXES = (".png", ".svg")
 
 
 @frozen
@@ -188,6 +194,38 @@ class Report:
     options: dict[str, Any] = field(factory=dict)
     default_period: str | None = None
     plugin: str | None = field(default=None, eq=False)
+    #: draws the result (:meth:`draw`; ``crmkit report NAME --chart FILE``), or None
+    chart: Charter | None = field(default=None, eq=False, repr=False)
+
+    def draw(self, result: ReportResult, path: str | os.PathLike[str]) -> Path:
+        """Draw ``result`` into ``path``, a ``.png`` or ``.svg`` file; returns the path.
+
+        Raises :class:`ValidationError` when the report draws no chart or the
+        suffix is not one of :data:`CHART_SUFFIXES`, and :class:`CrmError`
+        when the file cannot be written. The file is written whole or not at
+        all (a temporary file next to it, renamed).
+        """
+        from .errors import CrmError
+
+        target = Path(path)
+        if self.chart is None:
+            raise ValidationError(f"report {self.name!r} draws no chart", field="chart")
+        if target.suffix.lower() not in CHART_SUFFIXES:
+            raise ValidationError(
+                f"{target.name!r}: a chart is written as {' or '.join(CHART_SUFFIXES)}",
+                field="chart",
+            )
+        if not target.parent.is_dir():
+            raise ValidationError(f"the folder {target.parent} does not exist", field="chart")
+        partial = target.with_name(f".{target.name}.partial{target.suffix}")
+        try:
+            self.chart(result, partial)
+            partial.replace(target)
+        except OSError as exc:
+            raise CrmError(f"cannot write {target}: {exc.strerror}", field="chart") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
 
     def query(self, session: Session, **given: Any) -> ReportQuery:
         """Check the filters and options given by name and build the query."""

@@ -151,6 +151,28 @@ def core_metadata() -> MetaData:
     Index("ix_events_entity", events.c.entity, events.c.entity_id)
     _lifecycle_tables(metadata)
     _access_tables(metadata)
+    costs = Table(
+        "channel_costs",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("channel", String(100), nullable=False),
+        Column("period_start", Date, nullable=False),
+        Column("period_end", Date, nullable=False),  # excluded
+        Column("period", String(40), nullable=False),  # as given: 2026-11, 2026-Q3 ...
+        Column("amount", Numeric(16, 2), nullable=False),
+        Column("currency", String(3), nullable=False),
+        Column("note", Text, nullable=True),
+        Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    )  # revision crmkit_0006
+    Index(
+        "uq_channel_costs_channel",
+        costs.c.channel,
+        costs.c.period_start,
+        costs.c.period_end,
+        costs.c.currency,
+        unique=True,
+    )
     return metadata
 
 

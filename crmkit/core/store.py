@@ -75,6 +75,9 @@ class Session:
         self.invoices = Invoices(self)
         self.tasks = Tasks(self)
         self.history = History(self)
+        from .costs import ChannelCosts
+
+        self.channel_costs = ChannelCosts(self)
         self.tokens = Tokens(self)
         #: audit entries of this session, written when it ends (see :meth:`audit`)
         self.audit_buffer: builtins.list[AuditEntry] = []
