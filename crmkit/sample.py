@@ -411,7 +411,39 @@ def populate(
     plans, user_scripts, mailings = planner.plan(clients)
     runner = _Runner(crm, pipeline, now, random.Random(seed + 1))
     runner.run(plans, user_scripts, mailings)
+    _channel_costs(crm, now, random.Random(seed + 2))
     return runner.counts()
+
+
+#: what the marketing channels cost a month, about (the sample varies it by up to 20%)
+MONTHLY_COSTS = {
+    "website": 45_000,
+    "advertising": 160_000,
+    "email_campaign": 12_000,
+    "social": 60_000,
+    "cold_call": 30_000,
+}
+#: a quarter's exhibitions and events
+QUARTERLY_EVENTS = 150_000
+
+
+def _channel_costs(crm: CRM, now: dt.datetime, rng: random.Random) -> None:
+    """A year of channel costs, recorded by the marketer: monthly, and events per quarter."""
+    today = now.astimezone(crm.tz).date()
+    month = today.replace(day=1)
+    months = []
+    for _ in range(12):
+        months.append(month)
+        month = (month - dt.timedelta(days=1)).replace(day=1)
+    with crm.session(as_user=MARKETER[0]) as s:
+        for first in reversed(months):
+            for channel, base in MONTHLY_COSTS.items():
+                amount = round(base * rng.uniform(0.8, 1.2), -2)
+                s.channel_costs.record(channel, period=f"{first:%Y-%m}", amount=amount)
+        quarters = sorted({(m.year, (m.month - 1) // 3 + 1) for m in months})
+        for year, quarter in quarters:
+            amount = round(QUARTERLY_EVENTS * rng.uniform(0.8, 1.2), -2)
+            s.channel_costs.record("event", period=f"{year}-Q{quarter}", amount=amount)
 
 
 # == planning: decide everything up front, in Python, from the seeded generator ===========
