@@ -182,11 +182,15 @@ def test_registered_report(crm):
     report = crm.report("new_clients")
     assert report.title == "New clients"
     assert report.filters == ("period", "segment", "user")
-    assert set(crm.reports) == {"new_clients"}
+    from crmkit.plugins import analytics
+
+    builtin = {r.name for r in analytics.crmkit_reports()}
+    assert "funnel" in builtin or "channels" in builtin
+    assert set(crm.reports) == {"new_clients"} | builtin  # and the analytics plugin's
     with pytest.raises(NotFound) as info:
         crm.report("nope")
     assert info.value.field == "report"
-    assert str(info.value) == "report: no report 'nope' (known: new_clients)"
+    assert str(info.value) == f"report: no report 'nope' (known: {', '.join(sorted(crm.reports))})"
 
 
 def test_session_report_runs_with_the_defaults(crm, base):
@@ -427,11 +431,13 @@ def test_report_group_is_empty_without_reports(crm_factory):
     from crmkit.cli import build_cli
 
     bare = crm_factory("bare", plugins=[])
+    bare.plugins.unregister(name="crmkit.plugins.analytics")  # the built-in reports
+    bare.refresh()
     assert bare.reports == {}
     argv = ["-C", str(bare.config.root), "report", "--help"]
     result = CliRunner().invoke(build_cli(bare.plugins), argv, obj=bare.plugins)
     assert result.exit_code == 0, result.output
-    assert "new_clients" not in result.stdout
+    assert "new_clients" not in result.stdout and "funnel" not in result.stdout
 
 
 # -- the contract: what plugins may register ----------------------------------------------------
