@@ -61,6 +61,22 @@ def save(fig: Any, path: Path) -> None:
         plt.close(fig)
 
 
+def short(amount: float) -> str:
+    """An amount in few characters: 1.2M, 35.0k, 900."""
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if abs(amount) >= size:
+            return f"{amount / size:.1f}{unit}"
+    return f"{amount:.0f}"
+
+
+def money_axis(ax: Any, axis: str = "y") -> None:
+    """Show amounts on an axis as 1.2M, 35.0k (no 1e7 offset)."""
+    from matplotlib.ticker import FuncFormatter
+
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    target.set_major_formatter(FuncFormatter(lambda value, _: short(value)))
+
+
 def label_bars(ax: Any, bars: Any, texts: list[str]) -> None:
     """Write ``texts`` at the end of horizontal or vertical ``bars``."""
     ax.bar_label(bars, labels=texts, padding=3, fontsize=9)
