@@ -58,3 +58,29 @@ def clients(session: Session, stmt: Any, query: ReportQuery, table: Any = None) 
     if query.segment is not None:
         stmt = stmt.where(t.c.segment == query.segment)
     return stmt
+
+
+def interactions(session: Session, stmt: Any, query: ReportQuery, table: Any = None) -> Any:
+    """``stmt`` with the interactions it reads limited to the readable ones and the filters.
+
+    ``--user`` and ``--team`` keep the interactions logged by those users (``user_id``).
+    """
+    t = table if table is not None else session.table("interactions")
+    stmt = session.access.filter(stmt, "read", "interaction", t)
+    owners = owner_ids(session, query)
+    if owners is not None:
+        stmt = stmt.where(t.c.user_id.in_(owners))
+    return stmt
+
+
+def tasks(session: Session, stmt: Any, query: ReportQuery, table: Any = None) -> Any:
+    """``stmt`` with the tasks it reads limited to the readable ones and the filters.
+
+    ``--user`` and ``--team`` keep the tasks assigned to those users (``assignee_id``).
+    """
+    t = table if table is not None else session.table("tasks")
+    stmt = session.access.filter(stmt, "read", "task", t)
+    owners = owner_ids(session, query)
+    if owners is not None:
+        stmt = stmt.where(t.c.assignee_id.in_(owners))
+    return stmt
