@@ -312,3 +312,50 @@ def test_the_docs_show_what_the_command_prints(crm, base, invoke, monkeypatch):
     printed = invoke("report", "funnel", "--period", "2026-Q1", "--pipeline", "quick")
     expected = [line.rstrip() for line in printed.output.rstrip("\n").splitlines()]
     assert [line[3:].rstrip() for line in shown.splitlines()] == expected
+
+
+class Skippy:
+    @hookimpl
+    def crmkit_pipelines(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "skippy",
+                "allow_skip": True,
+                "stages": [
+                    {"name": "s1", "marks": ["mql"]},
+                    {"name": "s2", "marks": ["sql"]},
+                    {"name": "s3", "marks": ["sql"]},
+                    {"name": "s4", "marks": ["proposal"]},
+                ],
+            }
+        ]
+
+
+def test_a_pipeline_that_skips_stages(crm, register_plugin):
+    """allow_skip: X s1 -> s3 -> s4 -> won; Y s1 -> won; Z s1 -> s2 -> s3 -> lost.
+
+    Cohort 3, won X Y: win rate 2/3. Reached the proposal stage s4: X, won: close rate 1/1
+    (Y skipped it). MQL (s1) 3; SQL (s2 or s3, each deal once) X Z: fit rate 2/3. s1: entered 3,
+    all moved on (Y to won); s3: X moved on, Z lost (reason "gone").
+    """
+    register_plugin(Skippy())
+    with crm.session() as s:
+        client = s.clients.create("Skipper").id
+        ids = [s.deals.open(client, pipeline="skippy", at=at(1, 1)).id for _ in range(3)]
+        x, y, z = ids
+        for stage, day in (("s3", 2), ("s4", 3), ("won", 4)):
+            s.deals.move(x, stage, at=at(1, day))
+        s.deals.win(y, at=at(1, 2))
+        s.deals.move(z, "s2", at=at(1, 2))
+        s.deals.move(z, "s3", at=at(1, 3))
+        s.deals.lose(z, "gone", at=at(1, 4))
+    with crm.session(readonly=True) as s:
+        result = s.report("funnel", period="2026-Q1", pipeline="skippy")
+    assert result.column("entered") == [3, 1, 2, 1]
+    assert result.column("moved_on") == [3, 1, 1, 1]
+    assert result.column("lost_reasons") == ["", "", "gone 1", ""]
+    summary = result.summary
+    assert (summary["entered"], summary["won"], summary["win_rate"]) == (3, 2, 2 / 3)
+    assert (summary["reached_proposal"], summary["won_after_proposal"]) == (1, 1)
+    assert summary["close_rate"] == 1.0
+    assert (summary["mql"], summary["sql"], summary["fit_rate"]) == (3, 2, 2 / 3)

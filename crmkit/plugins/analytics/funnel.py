@@ -119,16 +119,33 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
     def when(value: dt.datetime) -> Any:
         return literal(value, UTCDateTime())
 
-    def reached(names: list[str]) -> Any:
-        if not names:
-            return literal(0)
-        return func.max(case((changes.c.to_stage.in_(names), 1), else_=0)).over(
-            partition_by=changes.c.entity_id
-        )
-
-    # 1. visits: each entry into a stage before the period's end, with the next move
+    # 1. visits: each entry into a stage before the period's end, with the next move; every
+    # window is over the deal's changes in order (one window, one sort of the changes)
     order = (changes.c.at, changes.c.id)
     by_deal = {"partition_by": changes.c.entity_id, "order_by": order}
+
+    def first_entry(names: list[str]) -> Any:
+        """1 on the deal's first change into one of ``names`` (the stages so marked), else 0."""
+        if not names:
+            return literal(0)
+        if len(names) == 1 or not flow.allow_skip:
+            # a deal enters a stage once, and without skipping it enters the first of
+            # several marked stages before any other: no window needed
+            return case((changes.c.to_stage == names[0], 1), else_=0)
+        into = changes.c.to_stage.in_(names)
+        so_far = func.sum(case((into, 1), else_=0)).over(**by_deal, rows=(None, 0))
+        return case((and_(into, so_far == 1), 1), else_=0)
+
+    def before(name: str | None) -> Any:
+        """1 when the deal entered ``name`` at this change or before (used on ``won``)."""
+        if name is None:
+            return literal(0)
+        if not flow.allow_skip:  # every won deal went through every stage
+            return literal(1)
+        return func.max(case((changes.c.to_stage == name, 1), else_=0)).over(
+            **by_deal, rows=(None, 0)
+        )
+
     visits = select(
         changes.c.entity_id.label("deal_id"),
         changes.c.to_stage.label("stage"),
@@ -137,13 +154,11 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
         func.lead(changes.c.to_stage).over(**by_deal).label("next_stage"),
         deals.c.amount.label("amount"),
         deals.c.lost_reason.label("lost_reason"),
-        func.max(case((changes.c.to_stage == first, changes.c.at)))
-        .over(partition_by=changes.c.entity_id)
-        .label("funnel_at"),
-        reached(mql).label("is_mql"),
-        reached(sql).label("is_sql"),
-        reached([proposal] if proposal else []).label("is_proposal"),
-        reached([WON]).label("is_won"),
+        # opening a deal is its entry into the first stage
+        deals.c.opened_at.label("funnel_at"),
+        first_entry(mql).label("is_mql"),
+        first_entry(sql).label("is_sql"),
+        before(proposal).label("is_proposal"),
     ).select_from(changes.join(deals, deals.c.id == changes.c.entity_id))
     visits = visits.where(
         changes.c.entity == "deal", changes.c.pipeline == flow.name, changes.c.at < when(end)
@@ -164,7 +179,6 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
         v.c.is_mql,
         v.c.is_sql,
         v.c.is_proposal,
-        v.c.is_won,
         entered_in.label("entered_in"),
         left_in.label("left_in"),
         cohort.label("cohort"),
@@ -209,14 +223,11 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
         total(r.cohort == 1, r.is_mql).label("cohort_mql"),
         total(r.cohort == 1, r.is_sql).label("cohort_sql"),
         total(r.cohort == 1, r.is_proposal).label("cohort_proposal"),
-        total(r.cohort == 1, r.is_won).label("cohort_won"),
-        total(and_(r.cohort == 1, r.is_proposal == 1), r.is_won).label("cohort_proposal_won"),
     ).group_by(r.stage, r.reason)
 
     keys = (
         "entered", "amount", "moved", "lost", "in_stage", "stalled", "left_n", "left_secs",
         "mid_n", "mid_secs", "cohort", "cohort_mql", "cohort_sql", "cohort_proposal",
-        "cohort_won", "cohort_proposal_won",
     )  # fmt: skip
     sums: dict[str, dict[str, Any]] = {}
     reasons: dict[str, dict[str, int]] = {}
@@ -253,12 +264,15 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
             }
         )
 
+    # the cohort: deals that entered the first stage in the period, followed to the end
     head = sums.get(first, empty)
+    won_row = sums.get(WON, empty)
     cohort_n = int(head["cohort"])
-    won_n = int(head["cohort_won"])
-    reached_proposal = int(head["cohort_proposal"])
-    proposal_won = int(head["cohort_proposal_won"])
-    mql_n, sql_n = int(head["cohort_mql"]), int(head["cohort_sql"])
+    won_n = int(won_row["cohort"])
+    reached_proposal = int(sums.get(proposal, empty)["cohort"]) if proposal else 0
+    proposal_won = int(won_row["cohort_proposal"])  # won, having entered the proposal stage
+    mql_n = sum(int(acc["cohort_mql"]) for acc in sums.values())
+    sql_n = sum(int(acc["cohort_sql"]) for acc in sums.values())
     length = deal_length(session, query, flow, start, end)
     summary: dict[str, Any] = {
         "pipeline": flow.name,

@@ -1,0 +1,296 @@
+"""The funnel report on a large base, against hand-written SQL of the same per-stage figures.
+
+    python benchmarks/funnel.py [--deals 1000000] [--repeat 3] [--database-url URL]
+                                [--keep DIR] [--check]
+
+Makes a deployment (``CRM.create``) with 20 managers, 10,000 clients and N
+deals of the ``b2b`` pipeline opened over 2025 and 2026, each with its stage
+history (about 4 stage changes a deal: the opening, moves forward, a win or
+a loss with a reason), inserted with SQLAlchemy Core ``executemany`` in
+batches, then ``ANALYZE``. Then measures, in the same run, over the year 2026:
+
+* **report**: ``s.report("funnel", period="2026", pipeline="b2b")`` as the
+  admin: every figure of the table, the cohort rates and the deal length;
+* **hand-written**: one ``text()`` query computing the same per-stage
+  figures (entered, money, moved on, lost, in stage, stalled, left, mean and
+  median seconds in stage) with ``LEAD`` and ``ROW_NUMBER`` as one would
+  write it by hand, on the same connection.
+
+Each is run ``--repeat`` times after one warm-up run; the figures are the
+medians. Targets: report / hand-written <= 1.5, and the report under 2
+seconds on SQLite. ``--check`` exits with 1 when one is missed. ``--keep
+DIR`` keeps the deployment, and a second run with the same ``--keep``
+measures it again without building it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, text
+
+from crmkit.core.app import CRM
+
+RATIO_TARGET = 1.5
+SECONDS_TARGET = 2.0
+MANAGERS = 20
+CLIENTS = 10_000
+STAGES = ["qualification", "presentation", "proposal", "contract_invoice", "payment_shipment"]
+#: the chance to move on from each stage (else the deal is lost there, or stays when recent)
+MOVE_ON = [0.8, 0.6, 0.7, 0.85, 0.95]
+REASONS = ["price", "competitor", "no_budget", "no_need", "no_response", "timing"]
+START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+NOW = dt.datetime(2026, 12, 31, tzinfo=dt.UTC)
+
+
+def build(root: Path, url: str | None, deals: int, batch: int) -> CRM:
+    """The deployment, its users, clients and ``deals`` deals with their stage changes."""
+    started = time.perf_counter()
+    crm = CRM.create(root, database_url=url, entry_points=False)
+    with crm.session() as s:
+        s.teams.add("sales")
+        managers = [
+            s.users.add(f"m{m:02d}", role="manager", team="sales").id for m in range(MANAGERS)
+        ]
+        admin = s.user.id
+    tables = crm.metadata.tables
+    rng = random.Random(7)
+    span = (NOW - START).total_seconds()
+    changes_made = 0
+    with crm.engine.begin() as conn:
+        conn.execute(
+            insert(tables["clients"]),
+            [
+                {
+                    "kind": "company",
+                    "name": f"Client {i}",
+                    "requisites": {},
+                    "params": {},
+                    "owner_id": managers[i % MANAGERS],
+                    "created_at": START,
+                    "updated_at": START,
+                    "stage": "lead",
+                }
+                for i in range(CLIENTS)
+            ],
+        )
+        for first in range(1, deals + 1, batch):
+            deal_rows, change_rows = [], []
+            for deal_id in range(first, min(first + batch, deals + 1)):
+                opened = START + dt.timedelta(seconds=rng.random() * span)
+                at, stage, status, reason = opened, STAGES[0], "open", None
+                change_rows.append((deal_id, None, STAGES[0], opened))
+                for i, name in enumerate(STAGES):
+                    at = at + dt.timedelta(hours=rng.uniform(12, 24 * 20))
+                    if at >= NOW:
+                        break
+                    if rng.random() < MOVE_ON[i]:
+                        target = STAGES[i + 1] if i + 1 < len(STAGES) else "won"
+                    else:
+                        target, reason = "lost", rng.choice(REASONS)
+                    change_rows.append((deal_id, name, target, at))
+                    stage = target
+                    if target in ("won", "lost"):
+                        status = target
+                        break
+                deal_rows.append(
+                    {
+                        "id": deal_id,
+                        "client_id": 1 + deal_id % CLIENTS,
+                        "pipeline": "b2b",
+                        "stage": stage,
+                        "status": status,
+                        "title": f"Deal {deal_id}",
+                        "amount": 1000 * (1 + deal_id % 500),
+                        "currency": "RUB",
+                        "owner_id": managers[deal_id % MANAGERS],
+                        "lost_reason": reason,
+                        "opened_at": opened,
+                        "stage_entered_at": change_rows[-1][3],
+                        "closed_at": change_rows[-1][3] if status != "open" else None,
+                        "created_by": admin,
+                    }
+                )
+            conn.execute(insert(tables["deals"]), deal_rows)
+            conn.execute(
+                insert(tables["stage_changes"]),
+                [
+                    {
+                        "entity": "deal",
+                        "entity_id": d,
+                        "pipeline": "b2b",
+                        "from_stage": f,
+                        "to_stage": t,
+                        "at": a,
+                        "user_id": admin,
+                        "cause": "opened" if f is None else "manual",
+                        "interaction_id": None,
+                        "note": None,
+                    }
+                    for d, f, t, a in change_rows
+                ],
+            )
+            changes_made += len(change_rows)
+            done = min(first + batch - 1, deals)
+            print(f"\rinserted {done:,} deals, {changes_made:,} changes", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    with crm.engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    print(f"deployment made in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return crm
+
+
+def seconds(dialect: str, a: str, b: str) -> str:
+    if dialect == "postgresql":
+        return f"floor(extract(epoch from {b} - {a}))::int"
+    return f"(CAST(strftime('%s', {b}) AS INTEGER) - CAST(strftime('%s', {a}) AS INTEGER))"
+
+
+def hand_written(dialect: str) -> str:
+    """The per-stage figures of the funnel as one writes them by hand."""
+    secs = seconds(dialect, "at", "left_at")
+    stalled = " ".join(
+        f"WHEN '{name}' THEN :cut_{name}" for name in STAGES
+    )  # every b2b stage has its days
+    return f"""
+    WITH visits AS (
+      SELECT c.to_stage AS stage, c.at AS at, d.amount AS amount,
+             LEAD(c.at) OVER w AS left_at, LEAD(c.to_stage) OVER w AS next_stage
+      FROM stage_changes c JOIN deals d ON d.id = c.entity_id
+      WHERE c.entity = 'deal' AND c.pipeline = 'b2b' AND c.at < :end
+      WINDOW w AS (PARTITION BY c.entity_id ORDER BY c.at, c.id)
+    ), ranked AS (
+      SELECT *, {secs} AS secs,
+             CASE WHEN left_at >= :start THEN 1 ELSE 0 END AS left_in,
+             ROW_NUMBER() OVER (PARTITION BY stage, CASE WHEN left_at >= :start THEN 1 ELSE 0 END
+                                ORDER BY {secs}) AS pos,
+             COUNT(*) OVER (PARTITION BY stage, CASE WHEN left_at >= :start THEN 1 ELSE 0 END) AS n
+      FROM visits
+    )
+    SELECT stage,
+      SUM(CASE WHEN at >= :start THEN 1 ELSE 0 END) AS entered,
+      SUM(CASE WHEN at >= :start THEN amount ELSE 0 END) AS amount,
+      SUM(CASE WHEN at >= :start AND next_stage IS NOT NULL AND next_stage <> 'lost'
+          THEN 1 ELSE 0 END) AS moved,
+      SUM(CASE WHEN at >= :start AND next_stage = 'lost' THEN 1 ELSE 0 END) AS lost,
+      SUM(CASE WHEN left_at IS NULL THEN 1 ELSE 0 END) AS in_stage,
+      SUM(CASE WHEN left_at IS NULL AND at < CASE stage {stalled} END THEN 1 ELSE 0 END)
+          AS stalled,
+      SUM(left_in) AS left_n,
+      SUM(CASE WHEN left_in = 1 THEN secs ELSE 0 END) AS left_secs,
+      SUM(CASE WHEN left_in = 1 AND 2 * pos BETWEEN n AND n + 2 THEN secs ELSE 0 END)
+          AS mid_secs,
+      SUM(CASE WHEN left_in = 1 AND 2 * pos BETWEEN n AND n + 2 THEN 1 ELSE 0 END) AS mid_n
+    FROM ranked GROUP BY stage
+    """
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deals", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=20_000)
+    parser.add_argument("--database-url")
+    parser.add_argument("--keep", type=Path)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+
+    scratch = None
+    if args.keep:
+        root = args.keep
+    else:
+        scratch = tempfile.TemporaryDirectory(prefix="crmkit-funnel-")
+        root = Path(scratch.name) / "crm"
+    if (root / "crmkit.toml").is_file():
+        crm = CRM.open(root, entry_points=False)
+    else:
+        crm = build(root, args.database_url, args.deals, args.batch)
+
+    from crmkit.core.pipeline import TERMINAL  # noqa: F401  (the pipeline's terminal states)
+
+    with crm.engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM stage_changes")).scalar_one()
+        deals = conn.execute(text("SELECT count(*) FROM deals")).scalar_one()
+    print(f"{deals:,} deals, {count:,} stage changes ({crm.engine.dialect.name})")
+
+    flow = crm.pipeline("b2b")
+    period = "2026"
+    report_result: dict[str, Any] = {}
+
+    def run_report() -> None:
+        with crm.session(readonly=True) as s:
+            report_result["r"] = s.report("funnel", period=period, pipeline="b2b")
+
+    from crmkit.core.reports import parse_period
+
+    start, end = parse_period(period).bounds(crm.tz)
+    as_of = min(end, dt.datetime.now(dt.UTC))
+    params: dict[str, Any] = {"start": start, "end": end}
+    for stage in flow.stages:
+        params[f"cut_{stage.name}"] = as_of - dt.timedelta(days=stage.days or 0)
+    sql = hand_written(crm.engine.dialect.name)
+    hand_rows: dict[str, Any] = {}
+
+    def run_hand() -> None:
+        from sqlalchemy import bindparam
+
+        from crmkit.core.schema import UTCDateTime
+
+        stmt = text(sql).bindparams(
+            *(bindparam(k, type_=UTCDateTime()) for k in params)  # stored as UTC on both
+        )
+        with crm.session(readonly=True) as s:
+            hand_rows["r"] = {row.stage: row for row in s.connection.execute(stmt, params).all()}
+
+    timings: dict[str, list[float]] = {"report": [], "hand-written": []}
+    run_report()
+    run_hand()
+    for _ in range(args.repeat):
+        for name, fn in (("report", run_report), ("hand-written", run_hand)):
+            began = time.perf_counter()
+            fn()
+            timings[name].append(time.perf_counter() - began)
+    report_s = statistics.median(timings["report"])
+    hand_s = statistics.median(timings["hand-written"])
+
+    result = report_result["r"]
+    same = all(
+        (row["entered"], row["moved_on"], row["lost"], row["in_stage"], row["stalled"])
+        == tuple(
+            int(hand_rows["r"][row["stage"]]._mapping[k])
+            for k in ("entered", "moved", "lost", "in_stage", "stalled")
+        )
+        for row in result.rows
+    )
+    print(f"{'stage':<18}{'entered':>10}{'moved on':>10}{'lost':>9}{'in stage':>10}")
+    for row in result.rows:
+        print(
+            f"{row['stage']:<18}{row['entered']:>10,}{row['moved_on']:>10,}"
+            f"{row['lost']:>9,}{row['in_stage']:>10,}"
+        )
+    print(f"win rate {result.summary['win_rate']:.3f}; the same figures: {same}")
+    ratio = report_s / hand_s
+    print(f"funnel report:        {report_s:8.3f} s (median of {args.repeat})")
+    print(f"hand-written SQL:     {hand_s:8.3f} s")
+    print(f"ratio:                {ratio:8.2f} (target <= {RATIO_TARGET})")
+    ok = same and ratio <= RATIO_TARGET
+    if crm.engine.dialect.name == "sqlite":
+        print(f"report under {SECONDS_TARGET} s: {report_s < SECONDS_TARGET}")
+        ok = ok and report_s < SECONDS_TARGET
+    if scratch is not None:
+        crm.engine.dispose()
+        scratch.cleanup()
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
