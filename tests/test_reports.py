@@ -557,3 +557,26 @@ def test_cli_report_out_that_cannot_be_written(crm, invoke, tmp_path):
     assert result.exit_code == 1, result
     assert result.stderr.startswith("Error: out: cannot write ")
     assert "Traceback" not in result.stderr
+
+
+class SameTitles:
+    @hookimpl
+    def crmkit_reports(self):
+        def run(session, query):
+            columns = [Column("a_error", "Error", "percent"), Column("b_error", "Error", "percent")]
+            return ReportResult("twice", columns, [{"a_error": 0.25, "b_error": -0.5}])
+
+        return [Report("twice", "Two columns titled alike", run, filters=())]
+
+
+def test_columns_with_the_same_title_keep_their_own_values(crm, register_plugin):
+    from click.testing import CliRunner
+
+    from crmkit.cli import build_cli
+
+    register_plugin(SameTitles())
+    argv = ["-C", str(crm.config.root), "report", "twice"]
+    result = CliRunner().invoke(build_cli(crm.plugins), argv, obj=crm.plugins)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if "%" in x)
+    assert "25.0%" in line and "-50.0%" in line

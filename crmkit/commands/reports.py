@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from crmkit.cli import State, _plain, cli, emit
+from crmkit.cli import State, _plain, cli
 from crmkit.core.errors import CrmError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -150,17 +150,15 @@ def _write(result: ReportResult, report: Report, fmt: str, handle: Any) -> None:
     title = report.title
     if result.period is not None:
         title += f", {result.period.label}"
-    rows = [
-        {c.heading: format_cell(row.get(c.name), c.type) for c in result.columns}
-        for row in result.rows
-    ]
-    if handle is not None:
-        from rich.console import Console
+    # cells by position: two columns may share a heading (they never share a name)
+    rows = [[format_cell(row.get(c.name), c.type) for c in result.columns] for row in result.rows]
+    from rich.console import Console
 
+    if handle is not None:
         console = Console(file=handle, soft_wrap=False, width=200)
-        _rich_table(console, title, [c.heading for c in result.columns], rows)
     else:
-        emit(rows, "table", columns=[c.heading for c in result.columns], title=title)
+        console = Console(soft_wrap=False)
+    _rich_table(console, title, [c.heading for c in result.columns], rows)
     for key, value in result.summary.items():
         shown = format_cell(value, "number" if isinstance(value, float) else "text")
         click.echo(f"{key.replace('_', ' ')}: {shown}", file=handle)
@@ -168,16 +166,18 @@ def _write(result: ReportResult, report: Report, fmt: str, handle: Any) -> None:
         click.echo(note, file=handle)
 
 
-def _rich_table(console: Any, title: str, columns: list[str], rows: list[dict[str, str]]) -> None:
+def _rich_table(console: Any, title: str, headings: list[str], rows: list[list[str]]) -> None:
     from rich.table import Table
-    from rich.text import Text
+    from rich.text import Text  # cells as Text: data such as "[vip] Acme" is not rich markup
 
     table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
+    for heading in headings:
+        table.add_column(heading, overflow="fold")
     for row in rows:
-        table.add_row(*(Text(row[c]) for c in columns))
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
+    if not rows:
+        console.print("(none)")
 
 
 def _csv_cell(value: Any) -> Any:
