@@ -52,8 +52,7 @@ def figure(width: float = 9.0, height: float = 5.5) -> tuple[Any, Any]:
 def save(fig: Any, path: Path) -> None:
     """Write ``fig`` to ``path`` in the format its suffix names, and free it."""
     plt = pyplot()
-    suffix = path.suffix.lower().lstrip(".")
-    fmt = {"partialpng": "png", "partialsvg": "svg"}.get(suffix, suffix)
+    fmt = path.suffix.lower().lstrip(".")  # Report.draw keeps the suffix on its temporary file
     metadata = {"Date": None} if fmt == "svg" else {}
     try:
         fig.savefig(path, format=fmt, metadata=metadata)
