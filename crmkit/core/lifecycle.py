@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
 from attrs import field, frozen
-from sqlalchemy import and_, false, func, insert, or_, select, update
+from sqlalchemy import and_, case, false, func, insert, or_, select, update
 
 from .errors import Conflict, NotFound, Problem, ValidationError
 from .model import (
@@ -51,7 +51,7 @@ from .model import (
     to_json,
 )
 from .pipeline import LOST, TERMINAL, WON, Pipeline
-from .schema import utcnow
+from .schema import seconds_between, utcnow
 from .store import _client, _enum, _Repo
 from .validation import choose, parse_date, parse_money, parse_when, require_text, schema_problems
 
@@ -136,7 +136,10 @@ def move_entity(
         "interaction_id": interaction_id,
         "note": note,
     }
+    if deal is not None:  # what the funnel adds up (see close_stays)
+        values.update(deal_amount=deal.amount, deal_opened_at=deal.opened_at)
     change_id = s.connection.execute(insert(t).values(values).returning(t.c.id)).scalar_one()
+    close_stays(s, entity, [entity_id], lost_reason=reason if target == LOST else None)
     s.audit(
         "moved",
         entity,
@@ -157,6 +160,63 @@ def move_entity(
         user=s.user.login,
         interaction_id=interaction_id,
         note=note,
+    )
+
+
+def close_stays(
+    s: Session, entity: str, entity_ids: Sequence[int], *, lost_reason: str | None = None
+) -> int:
+    """Close the stays of these records that a later change ended; returns how many.
+
+    A row of ``stage_changes`` is a stay in ``to_stage`` from ``at``; the
+    record's next change (by ``at``, then id) sets its ``left_at``,
+    ``next_stage`` and ``stay_seconds``. Whoever appends changes calls this
+    with the records it moved (:func:`move_entity` does); one ``UPDATE``
+    touches only the stays still open, with an index lookup each. A stay
+    left for ``lost`` also gets ``lost_reason``.
+    """
+    if not entity_ids:
+        return 0
+    t = s.table("stage_changes")
+    n = t.alias("n")
+    later = (
+        select(n.c.at)
+        .where(
+            n.c.entity == t.c.entity,
+            n.c.entity_id == t.c.entity_id,
+            or_(n.c.at > t.c.at, and_(n.c.at == t.c.at, n.c.id > t.c.id)),
+        )
+        .order_by(n.c.at, n.c.id)
+        .limit(1)
+    )
+    left_at = later.scalar_subquery()
+    next_stage = later.with_only_columns(n.c.to_stage).scalar_subquery()
+    seconds = seconds_between(s.connection.dialect.name, t.c.at, left_at)
+    result = s.connection.execute(
+        update(t)
+        .where(
+            t.c.entity == entity,
+            t.c.entity_id.in_(list(entity_ids)),
+            t.c.left_at.is_(None),
+            left_at.is_not(None),
+        )
+        .values(
+            left_at=left_at,
+            next_stage=next_stage,
+            stay_seconds=seconds,
+            lost_reason=case((next_stage == LOST, lost_reason), else_=None),
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+def carry_amount(s: Session, deal_id: int, amount: decimal.Decimal) -> None:
+    """A deal's new amount, on the stay it is in (``deal_amount``; closed stays keep theirs)."""
+    t = s.table("stage_changes")
+    s.connection.execute(
+        update(t)
+        .where(t.c.entity == "deal", t.c.entity_id == deal_id, t.c.left_at.is_(None))
+        .values(deal_amount=amount)
     )
 
 
@@ -543,6 +603,8 @@ class Deals(_Guarded[Deal]):
             access.require("reassign", "deal", access.view_of("deal", {**before, **values}))
         if values:
             self.conn.execute(update(self.t).where(self.t.c.id == deal.id).values(values))
+            if "amount" in values:
+                carry_amount(self.s, deal.id, values["amount"])
             self.s.record("deal", deal.id, "updated", _jsonable(values))
         return self._fetch(deal.id)
 

@@ -382,6 +382,18 @@ class StageChange:
     user: str | None = None
     interaction_id: int | None = None
     note: str | None = None
+    #: when the record left ``to_stage`` (its next change), None while it is there
+    left_at: dt.datetime | None = None
+    #: the stage it went to then
+    next_stage: str | None = None
+    #: whole seconds from ``at`` to ``left_at``
+    stay_seconds: int | None = None
+    #: the lost reason, when the record left the stage for ``lost``
+    lost_reason: str | None = None
+    #: a deal's amount during the stay (at entry, kept while the stay is open)
+    deal_amount: decimal.Decimal | None = None
+    #: when the deal was opened
+    deal_opened_at: dt.datetime | None = None
 
 
 @frozen

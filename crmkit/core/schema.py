@@ -67,6 +67,27 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
+def seconds_between(dialect: str, start: Any, end: Any) -> Any:
+    """SQL: whole seconds from ``start`` to ``end``, two stored times (or bound ones).
+
+    Counted on the whole seconds of each time (``floor(end) - floor(start)``
+    in Unix seconds), which is what SQLite's ``strftime('%s')`` gives, so both
+    databases and :func:`whole_seconds` agree to the second.
+    """
+    from sqlalchemy import BigInteger, Integer, cast, extract
+
+    if dialect == "postgresql":
+        return cast(func.floor(extract("epoch", end)), BigInteger) - cast(
+            func.floor(extract("epoch", start)), BigInteger
+        )
+    return cast(func.strftime("%s", end), Integer) - cast(func.strftime("%s", start), Integer)
+
+
+def whole_seconds(start: dt.datetime, end: dt.datetime) -> int:
+    """Python's :func:`seconds_between`: whole seconds from ``start`` to ``end``."""
+    return int(end.timestamp() // 1) - int(start.timestamp() // 1)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -204,6 +225,7 @@ def _lifecycle_tables(metadata: MetaData) -> None:
     Index("ix_deals_client_id", deals.c.client_id)
     Index("ix_deals_owner_id_id", deals.c.owner_id, deals.c.id)  # revision crmkit_0005
     Index("ix_deals_pipeline_stage", deals.c.pipeline, deals.c.stage)
+    Index("ix_deals_pipeline_currency", deals.c.pipeline, deals.c.currency)  # crmkit_0007
     changes = Table(
         "stage_changes",
         metadata,
@@ -223,9 +245,28 @@ def _lifecycle_tables(metadata: MetaData) -> None:
             nullable=True,
         ),
         Column("note", Text, nullable=True),
+        # the stay closed by the record's next change (revision crmkit_0007)
+        Column("left_at", UTCDateTime, nullable=True),
+        Column("next_stage", String(63), nullable=True),
+        Column("stay_seconds", Integer, nullable=True),
+        Column("lost_reason", String(63), nullable=True),
+        Column("deal_amount", Numeric(16, 2), nullable=True),
+        Column("deal_opened_at", UTCDateTime, nullable=True),
     )
     Index("ix_stage_changes_entity", changes.c.entity, changes.c.entity_id, changes.c.at)
     Index("ix_stage_changes_pipeline_at", changes.c.pipeline, changes.c.at)
+    c = changes.c  # the funnel's covering indexes: stays by entry, exit, length; losses
+    Index(
+        "ix_stage_changes_stays_in",
+        *(c.pipeline, c.to_stage, c.at, c.left_at, c.next_stage),
+        *(c.deal_amount, c.deal_opened_at, c.entity_id),
+    )
+    Index("ix_stage_changes_stays_out", c.pipeline, c.to_stage, c.left_at, c.stay_seconds, c.at)
+    Index("ix_stage_changes_stay_seconds", c.pipeline, c.to_stage, c.stay_seconds, c.left_at)
+    Index(
+        "ix_stage_changes_lost",
+        *(c.pipeline, c.next_stage, c.to_stage, c.lost_reason, c.at, c.left_at),
+    )
     interactions = Table(
         "interactions",
         metadata,

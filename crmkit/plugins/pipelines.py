@@ -215,6 +215,7 @@ def crmkit_records_imported(
         return
     from sqlalchemy import bindparam, func, select, update
 
+    from crmkit.core.lifecycle import close_stays
     from crmkit.transfer.importer import BulkInsert
 
     deals, clients = session.table("deals"), session.table("clients")
@@ -277,6 +278,7 @@ def crmkit_records_imported(
         "stage_changes",
         ("entity", "entity_id", "pipeline", "from_stage", "to_stage", "at", "user_id", "cause"),
     )(rows)
+    close_stays(session, "client", list(dict.fromkeys(row[1] for row in rows)))
     if rows:  # one audit entry for the batch's moves, naming every client moved
         session.audit(
             "moved",

@@ -50,8 +50,10 @@ from attrs import define, field
 from sqlalchemy import Integer, String, func, select, text
 
 from crmkit.core.errors import ConfigError, ValidationError
+from crmkit.core.lifecycle import carry_amount
 from crmkit.core.model import best_segment
 from crmkit.core.pipeline import LOST, TERMINAL, WON
+from crmkit.core.schema import whole_seconds
 from crmkit.core.validation import (
     _EMAIL,
     _PHONE,
@@ -2213,6 +2215,12 @@ _CHANGE_COLUMNS = (
     "user_id",
     "cause",
     "note",
+    "left_at",
+    "next_stage",
+    "stay_seconds",
+    "lost_reason",
+    "deal_amount",
+    "deal_opened_at",
 )
 #: deal fields an import may change (with update_existing); the rest is history
 _DEAL_MUTABLE = ("title", "amount", "currency", "owner_id", "expected_close")
@@ -2450,10 +2458,23 @@ def _store_deals(
             lost_reason = deal.lost_reason
             before = None
             at_bound = None
-            for name, at in history:
+            last = len(history) - 1
+            amount = bind_amount(deal.amount)
+            opened = known(deal.opened_at)
+            if opened is None:
+                opened = bound[deal.opened_at] = bind_time(deal.opened_at)
+            for i, (name, at) in enumerate(history):
                 at_bound = known(at)
                 if at_bound is None:
                     at_bound = bound[at] = bind_time(at)
+                if i < last:  # the stay ends at the next change (see close_stays)
+                    next_stage, left_at = history[i + 1]
+                    left_bound = known(left_at)
+                    if left_bound is None:
+                        left_bound = bound[left_at] = bind_time(left_at)
+                    stay = whole_seconds(at, left_at)
+                else:
+                    next_stage = left_bound = stay = None
                 append_change(
                     (
                         "deal",
@@ -2465,12 +2486,15 @@ def _store_deals(
                         user_id,
                         "import",
                         lost_reason if name == LOST else None,
+                        left_bound,
+                        next_stage,
+                        stay,
+                        lost_reason if next_stage == LOST else None,
+                        amount,
+                        opened,
                     )
                 )
                 before = name
-            opened = known(deal.opened_at)
-            if opened is None:
-                opened = bound[deal.opened_at] = bind_time(deal.opened_at)
             deals.append(
                 (
                     deal_id,
@@ -2479,7 +2503,7 @@ def _store_deals(
                     before,  # the last stage entered: won or lost when closed
                     deal.status,
                     deal.title,
-                    bind_amount(deal.amount),
+                    amount,
                     deal.currency,
                     deal.owner_id,
                     None if deal.expected_close is None else bind_date(deal.expected_close),
@@ -2501,6 +2525,8 @@ def _store_deals(
                 .where(t.c.id == change["id"])
                 .values({k: v for k, v in change.items() if k != "id"})
             )
+            if "amount" in change:
+                carry_amount(s, change["id"], change["amount"])
     _finish_batch(s, "deals", inserted_ids, [u["id"] for u in updates], path)
 
 

@@ -1,22 +1,25 @@
 """The ``funnel`` report: each stage of one deal pipeline over a period, and the whole-funnel rates.
 
-Everything is computed in SQL from ``stage_changes`` (see
-``docs/analytics/funnel.rst`` for every formula):
+Everything is computed in SQL from the *stays* of ``stage_changes`` (see
+``docs/analytics/funnel.rst`` for every formula). A row of the history is a
+stay: the deal entered ``to_stage`` at ``at``, and the core closes it when
+the deal moves on (``left_at``, ``next_stage``, ``stay_seconds``), with the
+deal's amount during the stay and its opening time beside it. So the report
+never pairs a change with the next one at read time; it reads four slices of
+the stays, each through a covering index in stage order (no sort, no join
+with ``deals`` unless a filter or a policy needs the deal):
 
-1. *visits*: one row per stage change of the pipeline made before the
-   period's end, with the next change of the same deal (``LEAD`` over the
-   deal's history) and the deal's funnel flags (windows over the deal:
-   when it entered the first stage, whether it reached a stage marked
-   ``mql``, ``sql``, the proposal stage, ``won``);
-2. per visit, the seconds spent in the stage and its rank among the visits
-   of the same stage that ended in the period (``ROW_NUMBER``), for the
-   median;
-3. one ``GROUP BY`` of additive sums per stage (and lost reason).
+1. the stays that *began* in the period (``ix_stage_changes_stays_in``):
+   entered, money, moved on, lost, and the cohort of the deals opened in it;
+2. the stays open at the period's end (``ix_stage_changes_stays_out``): in
+   stage, stalled;
+3. the stays that *ended* in the period (the same index): their count, mean
+   and median length;
+4. the lost reasons, with the deals of the stays lost in the period.
 
-Medians are exact and portable: the rows ranked in the middle of each stage
-(``n <= 2 * rank <= n + 2``: one row for an odd count, two for an even one)
-are summed and counted in SQL, so the same statement runs on SQLite and
-PostgreSQL and nothing but one row per stage and reason comes back to Python.
+The median of each stage is exact: PostgreSQL's ``percentile_cont(0.5)``;
+on SQLite the one or two middle stays, read in the order of
+``ix_stage_changes_stay_seconds`` (``LIMIT``/``OFFSET`` on the count of 3).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.pipeline import Pipeline
     from crmkit.core.reports import Report, ReportQuery, ReportResult
     from crmkit.core.store import Session
+
+from crmkit.core.schema import seconds_between as schema_seconds_between
 
 DAY = 86400
 
@@ -54,13 +59,7 @@ def reports() -> list[Report]:
 
 
 # -- SQL helpers ---------------------------------------------------------------------------
-def seconds_between(dialect: str, start: Any, end: Any) -> Any:
-    """SQL: whole seconds from ``start`` to ``end`` (two stored UTC times)."""
-    from sqlalchemy import Integer, cast, extract, func
-
-    if dialect == "postgresql":
-        return cast(func.floor(extract("epoch", end - start)), Integer)
-    return cast(func.strftime("%s", end), Integer) - cast(func.strftime("%s", start), Integer)
+seconds_between = schema_seconds_between  # re-exported: the reports of this plugin use it
 
 
 def pipeline_of(session: Session, query: ReportQuery) -> Pipeline:
@@ -109,170 +108,135 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
     assert period is not None  # the report has a default period
     flow = pipeline_of(session, query)
     start, end = period.bounds(session.crm.tz)
-    dialect = session.connection.dialect.name
-    changes, deals = session.table("stage_changes"), session.table("deals")
-    first = flow.first.name
+    conn = session.connection
+    postgres = conn.dialect.name == "postgresql"
+    c, deals = session.table("stage_changes"), session.table("deals")
+    names = [stage.name for stage in flow.stages]
     mql = [s.name for s in flow.with_mark("mql")]
     sql = [s.name for s in flow.with_mark("sql")]
     proposal = proposal_stage(flow)
+    joined = scope.deals_filtered(session, query)
 
     def when(value: dt.datetime) -> Any:
         return literal(value, UTCDateTime())
 
-    # 1. visits: each entry into a stage before the period's end, with the next move; every
-    # window is over the deal's changes in order (one window, one sort of the changes)
-    order = (changes.c.at, changes.c.id)
-    by_deal = {"partition_by": changes.c.entity_id, "order_by": order}
+    def stays(*columns: Any, stages: list[str] = names) -> Any:
+        """SELECT over the pipeline's stays of ``stages``; joined to their deals when filtered."""
+        stmt = select(*columns).where(c.c.pipeline == flow.name, c.c.to_stage.in_(stages))
+        if not joined:
+            return stmt.select_from(c)
+        stmt = stmt.select_from(c.join(deals, deals.c.id == c.c.entity_id))
+        return scope.deals(session, stmt, query, deals)
 
-    def first_entry(names: list[str]) -> Any:
-        """1 on the deal's first change into one of ``names`` (the stages so marked), else 0."""
-        if not names:
-            return literal(0)
-        if len(names) == 1 or not flow.allow_skip:
-            # a deal enters a stage once, and without skipping it enters the first of
-            # several marked stages before any other: no window needed
-            return case((changes.c.to_stage == names[0], 1), else_=0)
-        into = changes.c.to_stage.in_(names)
-        so_far = func.sum(case((into, 1), else_=0)).over(**by_deal, rows=(None, 0))
-        return case((and_(into, so_far == 1), 1), else_=0)
+    def count(cond: Any) -> Any:
+        """How many rows meet ``cond`` (an aggregate ``FILTER``: cheaper than a ``CASE``)."""
+        return func.count().filter(cond)
 
-    def before(name: str | None) -> Any:
-        """1 when the deal entered ``name`` at this change or before (used on ``won``)."""
-        if name is None:
-            return literal(0)
-        if not flow.allow_skip:  # every won deal went through every stage
-            return literal(1)
-        return func.max(case((changes.c.to_stage == name, 1), else_=0)).over(
-            **by_deal, rows=(None, 0)
+    ended = c.c.left_at < when(end)  # NULL (still there) is not ended
+    entered = and_(c.c.at >= when(start), c.c.at < when(end))
+    cohort = c.c.deal_opened_at >= when(start)
+    terminal = [WON, LOST]
+
+    # 1. the stays that began in the period, followed to its end
+    columns = [
+        c.c.to_stage.label("stage"),
+        func.count().label("entered"),
+        func.coalesce(func.sum(c.c.deal_amount), 0).label("amount"),
+        count(and_(ended, c.c.next_stage != LOST)).label("moved"),
+        count(cohort).label("cohort"),
+    ]  # lost: the lost stays counted by reason (4.)
+    sums: dict[str, dict[str, Any]] = {}
+    rows_in = stays(*columns, stages=[*names, *terminal]).where(entered).group_by(c.c.to_stage)
+    for row in conn.execute(rows_in):
+        sums[row.stage] = dict(row._mapping)
+
+    # 2. the stays open at the period's end: in stage, and stalled at min(end, now)
+    as_of = min(end, dt.datetime.now(dt.UTC))
+    cutoffs = [
+        (c.c.to_stage == s.name, when(as_of - dt.timedelta(days=s.days)))
+        for s in flow.stages
+        if s.days
+    ]
+    stalled = c.c.at < case(*cutoffs, else_=None) if cutoffs else false()
+    open_at_end = [
+        stays(c.c.to_stage.label("stage"), func.count().label("n"), count(stalled).label("stalled"))
+        .where(c.c.at < when(end), still)
+        .group_by(c.c.to_stage)
+        for still in (c.c.left_at.is_(None), c.c.left_at >= when(end))
+    ]
+    for stmt in open_at_end:
+        for row in conn.execute(stmt):
+            acc = sums.setdefault(row.stage, {})
+            acc["in_stage"] = acc.get("in_stage", 0) + row.n
+            acc["stalled"] = acc.get("stalled", 0) + row.stalled
+
+    # 3. the stays that ended in the period: count, total and median seconds
+    left = and_(c.c.left_at >= when(start), ended)
+    out = [
+        c.c.to_stage.label("stage"),
+        func.count().label("n"),
+        func.sum(c.c.stay_seconds).label("secs"),
+    ]
+    if postgres:
+        out.append(func.percentile_cont(0.5).within_group(c.c.stay_seconds).label("median"))
+    for row in conn.execute(stays(*out).where(left).group_by(c.c.to_stage)):
+        acc = sums.setdefault(row.stage, {})
+        acc.update(left_n=row.n, left_secs=row.secs)
+        acc["median"] = (
+            row.median
+            if postgres
+            else _middle(stays, c.c.stay_seconds, row.stage, row.n, left, conn)
         )
 
-    visits = select(
-        changes.c.entity_id.label("deal_id"),
-        changes.c.to_stage.label("stage"),
-        changes.c.at.label("at"),
-        func.lead(changes.c.at).over(**by_deal).label("left_at"),
-        func.lead(changes.c.to_stage).over(**by_deal).label("next_stage"),
-        deals.c.amount.label("amount"),
-        deals.c.lost_reason.label("lost_reason"),
-        # opening a deal is its entry into the first stage
-        deals.c.opened_at.label("funnel_at"),
-        first_entry(mql).label("is_mql"),
-        first_entry(sql).label("is_sql"),
-        before(proposal).label("is_proposal"),
-    ).select_from(changes.join(deals, deals.c.id == changes.c.entity_id))
-    visits = visits.where(
-        changes.c.entity == "deal", changes.c.pipeline == flow.name, changes.c.at < when(end)
-    )
-    v = scope.deals(session, visits, query, deals).subquery("visits")
-
-    # 2. seconds in the stage, and the rank among the stage's visits that ended in the period
-    secs = seconds_between(dialect, v.c.at, v.c.left_at)
-    left_in = case((v.c.left_at >= when(start), 1), else_=0)
-    entered_in = case((v.c.at >= when(start), 1), else_=0)
-    cohort = case((v.c.funnel_at >= when(start), 1), else_=0)
-    ranked = select(
-        v.c.stage,
-        v.c.amount,
-        v.c.at,
-        v.c.left_at,
-        v.c.next_stage,
-        v.c.is_mql,
-        v.c.is_sql,
-        v.c.is_proposal,
-        entered_in.label("entered_in"),
-        left_in.label("left_in"),
-        cohort.label("cohort"),
-        secs.label("secs"),
-        case(
-            (and_(entered_in == 1, v.c.next_stage == LOST), v.c.lost_reason),
-            else_=None,
-        ).label("reason"),
-        func.row_number().over(partition_by=(v.c.stage, left_in), order_by=secs).label("pos"),
-        func.count().over(partition_by=(v.c.stage, left_in)).label("n"),
-    ).subquery("ranked")
-    r = ranked.c
-
-    # 3. additive sums per stage (and lost reason)
-    as_of = min(end, dt.datetime.now(dt.UTC))  # stalled: at the period's end, or now
-    cutoffs = [
-        (r.stage == s.name, when(as_of - dt.timedelta(days=s.days))) for s in flow.stages if s.days
-    ]
-    in_stage = r.left_at.is_(None)
-    stalled = and_(in_stage, r.at < case(*cutoffs, else_=None)) if cutoffs else false()
-    left = r.left_in == 1
-    middle = and_(left, 2 * r.pos >= r.n, 2 * r.pos <= r.n + 2)
-    entered = r.entered_in == 1
-
-    def total(cond: Any, value: Any = 1) -> Any:
-        return func.coalesce(func.sum(case((cond, value), else_=0)), 0)
-
-    stmt = select(
-        r.stage,
-        r.reason,
-        total(entered).label("entered"),
-        total(entered, r.amount).label("amount"),
-        total(and_(entered, r.next_stage.is_not(None), r.next_stage != LOST)).label("moved"),
-        total(and_(entered, r.next_stage == LOST)).label("lost"),
-        total(in_stage).label("in_stage"),
-        total(stalled).label("stalled"),
-        total(left).label("left_n"),
-        total(left, r.secs).label("left_secs"),
-        total(middle).label("mid_n"),
-        total(middle, r.secs).label("mid_secs"),
-        total(r.cohort == 1).label("cohort"),
-        total(r.cohort == 1, r.is_mql).label("cohort_mql"),
-        total(r.cohort == 1, r.is_sql).label("cohort_sql"),
-        total(r.cohort == 1, r.is_proposal).label("cohort_proposal"),
-    ).group_by(r.stage, r.reason)
-
-    keys = (
-        "entered", "amount", "moved", "lost", "in_stage", "stalled", "left_n", "left_secs",
-        "mid_n", "mid_secs", "cohort", "cohort_mql", "cohort_sql", "cohort_proposal",
-    )  # fmt: skip
-    sums: dict[str, dict[str, Any]] = {}
+    # 4. the lost reasons of the stays that began in the period and were lost before its end
     reasons: dict[str, dict[str, int]] = {}
-    for row in session.connection.execute(stmt):
-        acc = sums.setdefault(row.stage, dict.fromkeys(keys, 0))
-        for key in keys:
-            acc[key] += row._mapping[key]
-        if row.reason is not None or row.lost:
-            counts = reasons.setdefault(row.stage, {})
-            counts[row.reason or "(none)"] = counts.get(row.reason or "(none)", 0) + row.lost
-    empty = dict.fromkeys(keys, 0)
+    lost_stmt = (
+        stays(c.c.to_stage.label("stage"), c.c.lost_reason, func.count().label("n"))
+        .where(c.c.next_stage == LOST, unindexed(and_(entered, ended)))
+        .group_by(c.c.to_stage, c.c.lost_reason)
+    )
+    for row in conn.execute(lost_stmt):
+        counts = reasons.setdefault(row.stage, {})
+        key = row.lost_reason or "(none)"
+        counts[key] = counts.get(key, 0) + row.n
+    empty: dict[str, Any] = {}
 
     rows = []
     for stage in flow.stages:
         acc = sums.get(stage.name, empty)
         lost_there = sorted(reasons.get(stage.name, {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        n_in, moved = int(acc.get("entered", 0)), int(acc.get("moved", 0))
+        lost = sum(n for _, n in lost_there)
         rows.append(
             {
                 "stage": stage.name,
                 "title": stage.title,
-                "entered": int(acc["entered"]),
-                "amount": Decimal(acc["amount"]).quantize(Decimal("0.01")),
-                "moved_on": int(acc["moved"]),
-                "conversion": _ratio(int(acc["moved"]), int(acc["entered"])),
-                "lost": int(acc["lost"]),
+                "entered": n_in,
+                "amount": Decimal(acc.get("amount", 0) or 0).quantize(Decimal("0.01")),
+                "moved_on": moved,
+                "conversion": _ratio(moved, n_in),
+                "lost": lost,
                 "lost_reasons": ", ".join(f"{k} {n}" for k, n in lost_there if n),
                 "lost_reason_counts": {k: int(n) for k, n in lost_there if n},
-                "in_stage": int(acc["in_stage"]),
-                "stalled": int(acc["stalled"]),
+                "in_stage": int(acc.get("in_stage", 0)),
+                "stalled": int(acc.get("stalled", 0)),
                 "days": stage.days,
-                "left": int(acc["left_n"]),
-                "mean_days": _days(acc["left_secs"], acc["left_n"]),
-                "median_days": _days(acc["mid_secs"], acc["mid_n"]),
+                "left": int(acc.get("left_n", 0)),
+                "mean_days": _days(acc.get("left_secs", 0), acc.get("left_n", 0)),
+                "median_days": (
+                    None if acc.get("median") is None else round(float(acc["median"]) / DAY, 2)
+                ),
             }
         )
 
     # the cohort: deals that entered the first stage in the period, followed to the end
-    head = sums.get(first, empty)
+    cohort_counts = _cohort_flags(session, query, flow, start, end, joined, sums)
     won_row = sums.get(WON, empty)
-    cohort_n = int(head["cohort"])
-    won_n = int(won_row["cohort"])
-    reached_proposal = int(sums.get(proposal, empty)["cohort"]) if proposal else 0
-    proposal_won = int(won_row["cohort_proposal"])  # won, having entered the proposal stage
-    mql_n = sum(int(acc["cohort_mql"]) for acc in sums.values())
-    sql_n = sum(int(acc["cohort_sql"]) for acc in sums.values())
+    cohort_n = int(sums.get(flow.first.name, empty).get("cohort", 0))
+    won_n = int(won_row.get("cohort", 0))
+    reached_proposal = int(sums.get(proposal, empty).get("cohort", 0)) if proposal else 0
+    proposal_won = cohort_counts["won_after_proposal"] if proposal else 0
+    mql_n, sql_n = cohort_counts["mql"], cohort_counts["sql"]
     length = deal_length(session, query, flow, start, end)
     summary: dict[str, Any] = {
         "pipeline": flow.name,
@@ -287,9 +251,9 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
         "mql": mql_n if mql else None,
         "sql": sql_n if sql else None,
         "fit_rate": _ratio(sql_n, mql_n) if mql and sql else None,
-        "won_in_period": int(sums.get(WON, empty)["entered"]),
-        "won_amount_in_period": Decimal(sums.get(WON, empty)["amount"]).quantize(Decimal("0.01")),
-        "lost_in_period": int(sums.get(LOST, empty)["entered"]),
+        "won_in_period": int(won_row.get("entered", 0)),
+        "won_amount_in_period": Decimal(won_row.get("amount", 0) or 0).quantize(Decimal("0.01")),
+        "lost_in_period": int(sums.get(LOST, empty).get("entered", 0)),
         **length,
     }
     notes = [
@@ -303,17 +267,16 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
         notes.append("close rate: the pipeline has no stage marked or named 'proposal'.")
     if not (mql and sql):
         notes.append("fit rate: the pipeline marks no mql and sql stages.")
-    currencies = session.connection.execute(
-        scope.deals(
-            session,
-            select(func.count(func.distinct(deals.c.currency))).where(
-                deals.c.pipeline == flow.name
-            ),
-            query,
-            deals,
-        )
-    ).scalar_one()
-    if currencies > 1:
+    # two subqueries: SQLite reads a lone min() or max() off the (pipeline, currency) index
+    low, high = (
+        conn.execute(
+            scope.deals(
+                session, select(fn(deals.c.currency)).where(deals.c.pipeline == flow.name), query
+            )
+        ).scalar()
+        for fn in (func.min, func.max)
+    )
+    if low != high:
         notes.append("money: amounts in several currencies are added as they are stored.")
     return ReportResult(
         report="funnel",
@@ -337,10 +300,55 @@ def funnel(session: Session, query: ReportQuery) -> ReportResult:
     )
 
 
-def deal_length(
-    session: Session, query: ReportQuery, flow: Pipeline, start: dt.datetime, end: dt.datetime
-) -> dict[str, Any]:
-    """Deals won in the period: days from the deal's first interaction (or opening) to the win."""
+def unindexed(cond: Any) -> Any:
+    """``cond``, written so that no index is chosen for it (``CASE WHEN cond THEN 1 END = 1``).
+
+    SQLite's planner prefers a range on a column to an index that matches a
+    ``GROUP BY`` or an ``ORDER BY``; where the range keeps most rows, walking
+    the matching index and testing each row is the faster plan.
+    """
+    from sqlalchemy import case
+
+    return case((cond, 1), else_=0) == 1
+
+
+def _middle(stays: Any, seconds: Any, stage: str, n: int, left: Any, conn: Any) -> float | None:
+    """SQLite: the median ``stay_seconds`` of the stays of ``stage`` that ended in the period.
+
+    The one (odd ``n``) or two (even) middle values, walked in the order of
+    ``ix_stage_changes_stay_seconds`` (the period's condition is
+    :func:`unindexed`, so that the planner keeps that order instead of
+    sorting the stays found by their exit).
+    """
+    if not n:
+        return None
+    stmt = (
+        stays(seconds, stages=[stage])
+        .where(unindexed(left))
+        .order_by(seconds)
+        .offset((n - 1) // 2)
+        .limit(1 if n % 2 else 2)
+    )
+    values = [int(v) for (v,) in conn.execute(stmt)]
+    return sum(values) / len(values) if values else None
+
+
+def _cohort_flags(
+    session: Session,
+    query: ReportQuery,
+    flow: Pipeline,
+    start: dt.datetime,
+    end: dt.datetime,
+    joined: bool,
+    sums: dict[str, dict[str, Any]],
+) -> dict[str, int]:
+    """Of the deals opened in the period: how many reached mql, sql, and won after the proposal.
+
+    Without skipping, a deal enters the first of several marked stages before
+    any other, and a won deal went through every stage, so the counts are
+    those of the stays that began in the period (``sums``). A pipeline that
+    allows skipping needs each deal's stays: one ``GROUP BY`` per deal.
+    """
     from sqlalchemy import and_, case, func, literal, select
 
     from crmkit.core.pipeline import WON
@@ -348,43 +356,102 @@ def deal_length(
 
     from . import scope
 
-    changes, deals = session.table("stage_changes"), session.table("deals")
+    mql = [s.name for s in flow.with_mark("mql")]
+    sql = [s.name for s in flow.with_mark("sql")]
+    proposal = proposal_stage(flow)
+
+    def cohort_of(stage: str | None) -> int:
+        return int(sums.get(stage, {}).get("cohort", 0)) if stage else 0
+
+    if not flow.allow_skip:
+        return {
+            "mql": cohort_of(mql[0] if mql else None),
+            "sql": cohort_of(sql[0] if sql else None),
+            "won_after_proposal": cohort_of(WON) if proposal else 0,
+        }
+    c, deals = session.table("stage_changes"), session.table("deals")
+    wanted = sorted({*mql, *sql, *([proposal] if proposal else []), WON})
+
+    def flag(cond: Any) -> Any:
+        return func.max(case((cond, 1), else_=0))
+
+    per_deal = (
+        select(
+            flag(c.c.to_stage.in_(mql or [""])).label("mql"),
+            flag(c.c.to_stage.in_(sql or [""])).label("sql"),
+            flag(c.c.to_stage == (proposal or "")).label("proposal"),
+            flag(c.c.to_stage == WON).label("won"),
+        )
+        .where(
+            c.c.pipeline == flow.name,
+            c.c.to_stage.in_(wanted),
+            c.c.deal_opened_at >= literal(start, UTCDateTime()),
+            c.c.at < literal(end, UTCDateTime()),
+        )
+        .group_by(c.c.entity_id)
+    )
+    if joined:
+        per_deal = scope.deals(
+            session, per_deal.select_from(c.join(deals, deals.c.id == c.c.entity_id)), query, deals
+        )
+    d = per_deal.subquery("per_deal")
+    row = session.connection.execute(
+        select(
+            func.coalesce(func.sum(d.c.mql), 0),
+            func.coalesce(func.sum(d.c.sql), 0),
+            func.coalesce(func.sum(case((and_(d.c.proposal == 1, d.c.won == 1), 1), else_=0)), 0),
+        )
+    ).one()
+    return {"mql": int(row[0]), "sql": int(row[1]), "won_after_proposal": int(row[2])}
+
+
+def deal_length(
+    session: Session, query: ReportQuery, flow: Pipeline, start: dt.datetime, end: dt.datetime
+) -> dict[str, Any]:
+    """Deals won in the period: days from the deal's first interaction (or opening) to the win."""
+    from sqlalchemy import func, literal, select
+
+    from crmkit.core.pipeline import WON
+    from crmkit.core.schema import UTCDateTime
+
+    from . import scope
+
+    c, deals = session.table("stage_changes"), session.table("deals")
     interactions = session.table("interactions")
     first_contact = (
         select(func.min(interactions.c.occurred_at))
-        .where(interactions.c.deal_id == deals.c.id)
+        .where(interactions.c.deal_id == c.c.entity_id)
         .scalar_subquery()
     )
-    began = func.coalesce(first_contact, deals.c.opened_at)
+    began = func.coalesce(first_contact, c.c.deal_opened_at)
     won = select(
-        seconds_between(session.connection.dialect.name, began, changes.c.at).label("secs")
-    ).select_from(changes.join(deals, deals.c.id == changes.c.entity_id))
-    won = won.where(
-        changes.c.entity == "deal",
-        changes.c.pipeline == flow.name,
-        changes.c.to_stage == WON,
-        changes.c.at >= literal(start, UTCDateTime()),
-        changes.c.at < literal(end, UTCDateTime()),
+        seconds_between(session.connection.dialect.name, began, c.c.at).label("secs")
+    ).where(
+        c.c.pipeline == flow.name,
+        c.c.to_stage == WON,
+        c.c.at >= literal(start, UTCDateTime()),
+        c.c.at < literal(end, UTCDateTime()),
     )
-    w = scope.deals(session, won, query, deals).subquery("won")
-    ranked = select(
-        w.c.secs,
-        func.row_number().over(order_by=w.c.secs).label("pos"),
-        func.count().over().label("n"),
-    ).subquery("ranked")
-    middle = and_(2 * ranked.c.pos >= ranked.c.n, 2 * ranked.c.pos <= ranked.c.n + 2)
-    row = session.connection.execute(
-        select(
-            func.count().label("n"),
-            func.coalesce(func.sum(ranked.c.secs), 0).label("secs"),
-            func.coalesce(func.sum(case((middle, 1), else_=0)), 0).label("mid_n"),
-            func.coalesce(func.sum(case((middle, ranked.c.secs), else_=0)), 0).label("mid_secs"),
+    if scope.deals_filtered(session, query):
+        won = scope.deals(
+            session, won.select_from(c.join(deals, deals.c.id == c.c.entity_id)), query, deals
         )
-    ).one()
+    w = won.subquery("won")
+    conn = session.connection
+    postgres = conn.dialect.name == "postgresql"
+    figures = [func.count().label("n"), func.coalesce(func.sum(w.c.secs), 0).label("secs")]
+    if postgres:
+        figures.append(func.percentile_cont(0.5).within_group(w.c.secs).label("median"))
+    row = conn.execute(select(*figures)).one()
+    median = row.median if postgres else None
+    if row.n and not postgres:  # SQLite: the one or two middle values
+        middle = select(w.c.secs).order_by(w.c.secs).offset((row.n - 1) // 2)
+        values = [int(v) for (v,) in conn.execute(middle.limit(1 if row.n % 2 else 2))]
+        median = sum(values) / len(values)
     return {
         "deal_length_deals": int(row.n),
         "deal_length_mean_days": _days(row.secs, row.n),
-        "deal_length_median_days": _days(row.mid_secs, row.mid_n),
+        "deal_length_median_days": None if median is None else round(float(median) / DAY, 2),
     }
 
 

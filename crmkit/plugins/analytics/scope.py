@@ -28,6 +28,13 @@ def owner_ids(session: Session, query: ReportQuery) -> list[int] | None:
     return None if found is None else sorted(found)
 
 
+def deals_filtered(session: Session, query: ReportQuery) -> bool:
+    """Whether :func:`deals` would add a condition (else a report may skip the deals table)."""
+    if query.team is not None or query.user is not None or query.segment is not None:
+        return True
+    return session.access.require_any("read", "deal").node is not True
+
+
 def deals(session: Session, stmt: Any, query: ReportQuery, table: Any = None) -> Any:
     """``stmt`` with the deals it reads limited to those the reader may read and the filters.
 
