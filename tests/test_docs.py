@@ -582,3 +582,21 @@ def test_access_page_shows_what_the_commands_print(
     monkeypatch.setenv("PYTHONPATH", f"{EXAMPLES}{os.pathsep}{path}" if path else str(EXAMPLES))
     walked = _walk_and_compare("access.rst", tmp_path)
     assert {b.lang for b in walked.unchecked} <= {"json", "toml"}
+
+
+@pytest.mark.slow
+def test_analytics_page_shows_what_the_commands_print(tmp_path: Path) -> None:
+    """``docs/analytics.rst``, walked in a new deployment: the channel costs it records and lists.
+
+    The page assumes a deployment (it makes none), so the test makes one with
+    ``crmkit init`` first, as a reader would have. Its only code block not run
+    is the Python excerpt of ``Report.draw``. The pages of the reports
+    (``docs/analytics/*.rst``) are not walked: their outputs come from
+    ``crmkit init --sample`` on a given day, and the sample data set and the
+    reports' default periods follow today's date.
+    """
+    made = docs_console.run_line("crmkit init .", tmp_path)
+    assert made.returncode == 0, made.stdout + made.stderr
+    walked = _walk_and_compare("analytics.rst", tmp_path)
+    assert [s.source.split()[:3] for s in walked.shown] == [["$", "crmkit", "channel"]] * 3
+    assert [b.lang for b in walked.unchecked] == ["python"]

@@ -48,17 +48,36 @@ Every command runs with ``COLUMNS=100`` and ``NO_COLOR=1``, without any
 folder first in ``PATH``, so tables wrap and errors read the same
 everywhere. :func:`normalized` hides what differs from run to run: the
 temporary folder, timestamps, dates and times of day.
+
+Starting Python and importing crmkit takes most of a short command's time,
+so a plain ``crmkit ARGS`` line (no pipe, redirection, variable, glob or
+other shell syntax: see :func:`plain_crmkit`; ``> /dev/null`` at the end is
+fine) runs in the walker's own process, through ``crmkit.cli.main``, with
+everything a new process would see put in place for the call: the
+environment, the folder, ``sys.argv``, empty standard input, standard output
+and error as UTF-8 pipes (read back as ``subprocess`` reads them), Python's
+default warning filters, and the ``PYTHONPATH`` entries on ``sys.path``.
+What it prints and its exit code are those of ``crmkit`` run as a command;
+``echo $?`` prints the exit code of the line before, as a shell does.
+Anything else runs in a shell, as does every command when
+``DOCS_CONSOLE=subprocess`` is set (or ``walk(..., in_process=False)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import doctest
+import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +92,21 @@ TOML_TABLE = re.compile(r"^\[\[?\s*(?P<name>[^\]]+?)\s*\]\]?\s*(?:#.*)?$")
 TIMEOUT = 300
 #: How a rewritten page writes the temporary folder it was run in.
 SHOWN_FOLDER = "/tmp/crmkit-docs"
+#: ``DOCS_CONSOLE=subprocess``: run every command in its own process.
+MODE_VARIABLE = "DOCS_CONSOLE"
+#: Characters a shell treats specially outside quotes (and inside double quotes).
+_SHELL_SPECIAL = set("|&;<>()$`\\*?[]{}~!#\n\r\t")
+_DOUBLE_QUOTED_SPECIAL = set("$`\\!")
+#: ``crmkit ARGS > /dev/null``: run in process too, its standard output dropped.
+_TO_DEV_NULL = re.compile(r"(?P<command>[^>]*?) *> */dev/null *")
+#: Python's warning filters in a new process (no -W, no PYTHONWARNINGS, not -X dev).
+_DEFAULT_FILTERS = (
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+)
 
 
 class PageError(Exception):
@@ -252,8 +286,194 @@ def _run(
     )
 
 
-def walk(text: str, folder: Path) -> Walk:
-    """Run the page ``text`` in ``folder`` (which should be empty), top to bottom."""
+def plain_crmkit(command: str) -> list[str] | None:
+    """The arguments of ``command`` when it is ``crmkit ARGS`` with nothing else for a shell.
+
+    Quotes are fine (``--note "search ads"``); anything a shell would expand
+    or interpret (pipes, redirections, ``&&``, ``;``, variables, globs, ``~``,
+    comments, backslashes, an ``A=B`` prefix) gives None: such a line runs in
+    a shell.
+    """
+    quote = ""
+    for char in command:
+        if quote == "'":
+            quote = "" if char == "'" else quote
+        elif quote == '"':
+            if char in _DOUBLE_QUOTED_SPECIAL:
+                return None
+            quote = "" if char == '"' else quote
+        elif char in "'\"":
+            quote = char
+        elif char in _SHELL_SPECIAL:
+            return None
+    if quote:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    return argv[1:] if argv and argv[0] == "crmkit" else None
+
+
+def _crmkit_script(env: dict[str, str]) -> str | None:
+    """The ``crmkit`` a shell with ``env`` runs, if it is this interpreter's; else None."""
+    import shutil
+
+    found = shutil.which("crmkit", path=env.get("PATH"))
+    ours = Path(sys.executable).parent / "crmkit"
+    if found is None or Path(found) != ours:
+        return None
+    try:
+        import crmkit.cli  # noqa: F401
+    except ImportError:
+        return None
+    return found
+
+
+class _Pipe(io.TextIOWrapper):
+    """A standard stream as a new process has it when its output goes to a pipe."""
+
+    def __init__(self, name: str, errors: str) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8", errors=errors)
+        self._name = name
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self._name
+
+    def text(self) -> str:
+        """What was written, read back as ``subprocess.run(text=True)`` reads a pipe."""
+        self.flush()
+        data = self.buffer.getvalue()  # type: ignore[attr-defined]
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+
+
+@contextlib.contextmanager
+def _as_new_process(argv: list[str], cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """Environment, folder, ``sys.argv``, ``sys.path`` and warnings of a new process; restored."""
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    added = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+    try:
+        for name in [n for n in os.environ if n not in env]:
+            del os.environ[name]
+        os.environ.update(env)
+        os.chdir(cwd)
+        sys.argv = argv
+        sys.path[:0] = added
+        with warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(_DEFAULT_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module)
+            yield
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        os.chdir(saved_cwd)
+        for name in [n for n in os.environ if n not in saved_env]:
+            del os.environ[name]
+        os.environ.update(saved_env)
+
+
+def _run_in_process(
+    script: str, args: list[str], cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """``crmkit ARGS`` through ``crmkit.cli.main`` in this process, as if it were its own."""
+    from crmkit.cli import main
+
+    stdin = io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8")
+    stdout, stderr = _Pipe("<stdout>", "strict"), _Pipe("<stderr>", "backslashreplace")
+    streams = sys.stdin, sys.stdout, sys.stderr
+    code: int
+    with _as_new_process([script, *args], cwd, env):
+        sys.stdin, sys.stdout, sys.stderr = stdin, stdout, stderr
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:  # what the interpreter does with sys.exit(code)
+            if exc.code is None:
+                code = 0
+            elif isinstance(exc.code, int):
+                code = exc.code & 0xFF
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except Exception:  # an uncaught error: the traceback, exit code 1
+            traceback.print_exc()
+            code = 1
+        finally:
+            sys.stdin, sys.stdout, sys.stderr = streams
+    return subprocess.CompletedProcess([script, *args], code, stdout.text(), stderr.text())
+
+
+def _command(
+    command: str, status: int, cwd: Path, env: dict[str, str], in_process: bool
+) -> subprocess.CompletedProcess[str]:
+    """Run a console line or a hidden step's script; ``status`` is ``$?`` of the line before.
+
+    A script of lines that can all run in this process (after an optional
+    ``set -e``) runs line by line here, as a shell would run it; anything
+    else runs in a shell.
+    """
+    lines = [x.strip() for x in command.strip().splitlines()]
+    errexit = len(lines) > 1 and lines[0] == "set -e"
+    lines = lines[1:] if errexit else lines
+    if in_process and lines:
+        steps = [_in_process_step(x, env) for x in lines]
+        if all(step is not None for step in steps):
+            out, err = [], []
+            for step in steps:
+                assert step is not None
+                run = step(status, cwd)
+                out.append(run.stdout)
+                err.append(run.stderr)
+                status = run.returncode
+                if errexit and status:
+                    break
+            return subprocess.CompletedProcess(command, status, "".join(out), "".join(err))
+    # "$?" is the exit code of the command before, as in one shell
+    return _run(f"(exit {status}); {command}" if status else command, cwd, env)
+
+
+def _in_process_step(
+    line: str, env: dict[str, str]
+) -> Callable[[int, Path], subprocess.CompletedProcess[str]] | None:
+    """How to run ``line`` in this process (given ``$?`` and the folder), or None: a shell must."""
+    if line == "echo $?":
+        return lambda status, cwd: subprocess.CompletedProcess(line, 0, f"{status}\n", "")
+    quiet = _TO_DEV_NULL.fullmatch(line)
+    args = plain_crmkit(quiet.group("command") if quiet else line)
+    script = _crmkit_script(env) if args is not None else None
+    if args is None or script is None:
+        return None
+
+    def run(status: int, cwd: Path) -> subprocess.CompletedProcess[str]:
+        done = _run_in_process(script, args, cwd, env)
+        if quiet:  # "> /dev/null": what it prints to standard output is dropped
+            done.stdout = ""
+        return done
+
+    return run
+
+
+def run_line(
+    command: str, cwd: Path, *, in_process: bool | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one console line in ``cwd`` as a page's ``$`` line runs (for a test's own setup)."""
+    if in_process is None:
+        in_process = os.environ.get(MODE_VARIABLE, "").lower() != "subprocess"
+    return _command(command, 0, cwd, page_env(), in_process)
+
+
+def walk(text: str, folder: Path, *, in_process: bool | None = None) -> Walk:
+    """Run the page ``text`` in ``folder`` (which should be empty), top to bottom.
+
+    ``in_process``: run plain ``crmkit`` lines in this process (the default,
+    unless ``DOCS_CONSOLE=subprocess`` is set), or every line in a shell.
+    """
+    if in_process is None:
+        in_process = os.environ.get(MODE_VARIABLE, "").lower() != "subprocess"
     env = page_env()
     result = Walk(folder=folder)
     cwd = folder
@@ -263,9 +483,9 @@ def walk(text: str, folder: Path) -> Walk:
         item = items[i]
         i += 1
         if isinstance(item, Directive):
-            i = _step(item, items, i, cwd, env, result)
+            i = _step(item, items, i, cwd, env, result, in_process)
         elif item.lang == "console":
-            cwd = _console(item, cwd, env, result)
+            cwd = _console(item, cwd, env, result, in_process)
         elif item.lang == "pycon":
             _pycon(item, cwd, env, result)
         else:
@@ -280,13 +500,14 @@ def _step(
     cwd: Path,
     env: dict[str, str],
     result: Walk,
+    in_process: bool,
 ) -> int:
     """Perform the hidden ``step``; ``items[i]`` is what follows it. Return the next index."""
     if step.action not in ACTIONS:
         raise PageError(f"line {step.line}: unknown step {step.action!r}")
     result.steps.append((step.action, step.argument))
     if step.action == "run":
-        _hidden(step, cwd, env)
+        _hidden(step, cwd, env, in_process)
         return i
     target = _next_block(items, i, step)
     if step.action in ("append-toml", "set-toml"):
@@ -367,8 +588,8 @@ def _expect(block: Block, lang: str, step: Directive) -> None:
         )
 
 
-def _hidden(step: Directive, cwd: Path, env: dict[str, str]) -> None:
-    run = _run(step.argument, cwd, env)
+def _hidden(step: Directive, cwd: Path, env: dict[str, str], in_process: bool) -> None:
+    run = _command(step.argument, 0, cwd, env, in_process)
     if run.returncode:
         raise PageError(
             f"line {step.line}: hidden step failed ({run.returncode}): {step.argument}\n"
@@ -387,7 +608,7 @@ def console_sessions(text: str) -> list[tuple[str, str]]:
     return [(command, "\n".join(out).rstrip()) for command, out in found]
 
 
-def _console(block: Block, cwd: Path, env: dict[str, str], result: Walk) -> Path:
+def _console(block: Block, cwd: Path, env: dict[str, str], result: Walk, in_process: bool) -> Path:
     for command, expected in console_sessions(block.text):
         if command.startswith(SKIPPED):
             result.skipped.append(command)
@@ -397,8 +618,7 @@ def _console(block: Block, cwd: Path, env: dict[str, str], result: Walk) -> Path
             result.status = 0
             result.shown.append(Shown(block, f"$ {command}", expected, ""))
             continue
-        # "$?" is the exit code of the command before, as in one shell
-        run = _run(f"(exit {result.status}); {command}" if result.status else command, cwd, env)
+        run = _command(command, result.status, cwd, env, in_process)
         result.status = run.returncode
         result.shown.append(Shown(block, f"$ {command}", expected, run.stdout + run.stderr))
     return cwd

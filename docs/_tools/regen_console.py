@@ -2,7 +2,7 @@
 
 Usage::
 
-    python docs/_tools/regen_console.py docs/segments.rst [--check] [--keep]
+    python docs/_tools/regen_console.py docs/segments.rst [--check] [--keep] [--subprocess]
 
 The page is walked top to bottom in a new temporary folder exactly as
 ``tests/test_docs.py`` walks it (see :mod:`console` next to this file): its
@@ -10,7 +10,9 @@ console commands and pycon examples run, its ``.. crmkit-test:`` steps are
 performed, and every output that no longer matches what the page shows is
 replaced (outputs that still match, once timestamps and the folder are
 normalized, are kept as written). ``--check`` only lists the differences and
-exits with 1 when there are any; ``--keep`` keeps the temporary folder.
+exits with 1 when there are any; ``--keep`` keeps the temporary folder;
+``--subprocess`` runs every command in its own process (by default, plain
+``crmkit`` lines run in this one, as the test does; the output is the same).
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("page", type=Path, help="the .rst page to run and rewrite")
     parser.add_argument("--check", action="store_true", help="report differences, change nothing")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--subprocess", action="store_true", help="run every command in its own process"
+    )
     args = parser.parse_args(argv)
 
     text = args.page.read_text("utf-8")
     folder = Path(tempfile.mkdtemp(prefix="regen-console-"))
     try:
-        walked = walk(text, folder)
+        walked = walk(text, folder, in_process=False if args.subprocess else None)
     finally:
         if args.keep:
             print(f"deployment folder: {folder}", file=sys.stderr)
