@@ -7,6 +7,8 @@ import hashlib
 import itertools
 import json
 import random
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import crmkit_segment_b2b
@@ -26,10 +28,42 @@ def crmkit_plugins() -> list[Any]:
     return [("segment_b2b", crmkit_segment_b2b)]
 
 
+@pytest.fixture(scope="module")
+def _shared_sample(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, dict[str, int]]]:
+    """One deployment with the sample data, made once for the tests that only read it.
+
+    Populating takes seconds (a minute on PostgreSQL under load), so the
+    tests that only read the sample (``readonly`` sessions) share this one:
+    a new deployment of the session's database kind (as ``crm`` makes, with
+    the segment_b2b plugin), filled by ``populate(seed=7, clients=40, now=NOW)``.
+    A test that writes uses ``crm`` or ``crm_factory`` and populates its own.
+    """
+    from crmkit import CRM
+    from crmkit.core.plugins import load_plugins
+    from crmkit.testing import database_kind
+
+    plugins = load_plugins(entry_points=False)
+    plugins.register(crmkit_segment_b2b, name="segment_b2b")
+    plugins.pm.check_pending()
+    url = None
+    if database_kind(request.config) == "postgresql":
+        server = request.getfixturevalue("crmkit_postgres")
+        url = server.create_database(f"sample_{uuid.uuid4().hex[:16]}")
+    root = tmp_path_factory.mktemp("sample") / "crm"
+    crm = CRM.create(root, database_url=url, admin="admin", plugins=plugins)
+    try:
+        yield crm, populate(crm, seed=7, clients=CLIENTS, now=NOW)
+    finally:
+        crm.close()
+
+
 @pytest.fixture
-def sample(crm: Any) -> tuple[Any, dict[str, int]]:
-    counts = populate(crm, seed=7, clients=CLIENTS, now=NOW)
-    return crm, counts
+def sample(_shared_sample: tuple[Any, dict[str, int]]) -> tuple[Any, dict[str, int]]:
+    """The shared sample deployment and the counts ``populate`` returned (read only)."""
+    crm, counts = _shared_sample
+    return crm, dict(counts)
 
 
 def _count(s: Any, table: str, *where: Any) -> int:
