@@ -320,6 +320,19 @@ def core_resources() -> dict[str, Resource]:
             ),
             title="tasks",
         ),
+        "plan": Resource(
+            "plan",
+            "plans",
+            _attrs(
+                ("id", "integer", Col("id"), False, ""),
+                ("kpi", "string", Col("kpi"), False, "the KPI planned"),
+                ("scope", "string", Col("scope"), False, "user or team"),
+                ("user_id", "integer", Col("user_id"), True, "the planned user (null: a team)"),
+                ("team_id", "integer", Col("team_id"), True, "the team, or the user's team"),
+            ),
+            actions=("read", "create", "update", "delete"),
+            title="plans",
+        ),
         "report": Resource(
             "report",
             None,

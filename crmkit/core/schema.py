@@ -194,7 +194,46 @@ def core_metadata() -> MetaData:
         costs.c.currency,
         unique=True,
     )
+    _plan_tables(metadata)
     return metadata
+
+
+def _plan_tables(metadata: MetaData) -> None:
+    """Plans: a KPI's target for a user or a team over a period (revision crmkit_0008).
+
+    ``scope`` and ``scope_id`` say whose plan it is (a user's id or a team's);
+    ``user_id`` and ``team_id`` are what the access policies read: the planned
+    user (NULL for a team plan) and the team of the plan (the team itself, or
+    the planned user's team when the plan was last set).
+    """
+    plans = Table(
+        "plans",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("kpi", String(63), nullable=False),
+        Column("period", String(40), nullable=False),  # as given: 2026-11, 2026-Q3 ...
+        Column("period_start", Date, nullable=False),
+        Column("period_end", Date, nullable=False),  # excluded
+        Column("scope", String(10), nullable=False),  # "user" or "team"
+        Column("scope_id", Integer, nullable=False),
+        Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+        Column("team_id", Integer, ForeignKey("teams.id", ondelete="SET NULL"), nullable=True),
+        Column("target", Numeric(16, 2), nullable=False),
+        Column("split_from", Integer, ForeignKey("plans.id", ondelete="SET NULL"), nullable=True),
+        Column("note", Text, nullable=True),
+        Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        Column("updated_at", UTCDateTime, nullable=False, default=utcnow),
+    )
+    Index(
+        "uq_plans_kpi",
+        *(plans.c.kpi, plans.c.period_start, plans.c.period_end, plans.c.scope, plans.c.scope_id),
+        unique=True,
+    )
+    Index("ix_plans_period_start", plans.c.period_start, plans.c.period_end)
+    Index("ix_plans_team_id", plans.c.team_id)
+    Index("ix_plans_user_id", plans.c.user_id)
+    Index("ix_plans_split_from", plans.c.split_from)
 
 
 def _lifecycle_tables(metadata: MetaData) -> None:

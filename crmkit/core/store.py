@@ -78,6 +78,9 @@ class Session:
         from .costs import ChannelCosts
 
         self.channel_costs = ChannelCosts(self)
+        from .plans import Plans
+
+        self.plans = Plans(self)
         self.tokens = Tokens(self)
         #: audit entries of this session, written when it ends (see :meth:`audit`)
         self.audit_buffer: builtins.list[AuditEntry] = []
