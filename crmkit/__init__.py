@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # pragma: no cover
         Problem,
         ValidationError,
     )
+    from .core.kpis import KPI, Fact, Window
+    from .core.kpis import Source as KPISource
     from .core.model import (
         Channel,
         Client,
@@ -59,6 +61,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _LAZY = {
     "CRM": "crmkit.core.app",
     "Session": "crmkit.core.store",
+    **{name: "crmkit.core.kpis" for name in ("KPI", "Fact", "Window")},
+    "KPISource": "crmkit.core.kpis:Source",
     **{name: "crmkit.core.pipeline" for name in ("Pipeline", "Rule", "Stage")},
     **{
         name: "crmkit.core.reports"
@@ -111,6 +115,7 @@ _LAZY = {
 
 __all__ = [
     "CRM",
+    "KPI",
     "AuditError",
     "Channel",
     "Client",
@@ -126,11 +131,13 @@ __all__ = [
     "DeploymentError",
     "Direction",
     "DuplicateError",
+    "Fact",
     "FollowUp",
     "Interaction",
     "InteractionKind",
     "Invoice",
     "InvoiceStatus",
+    "KPISource",
     "MoveTo",
     "NotFound",
     "Period",
@@ -153,6 +160,7 @@ __all__ = [
     "Team",
     "User",
     "ValidationError",
+    "Window",
     "__version__",
     "hookimpl",
     "hookspec",
@@ -166,6 +174,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'crmkit' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(module), name)
+    module, _, attribute = module.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
     globals()[name] = value
     return value

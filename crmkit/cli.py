@@ -1885,6 +1885,7 @@ from crmkit.commands import access as _access  # noqa: E402, F401  (policy ...)
 from crmkit.commands import audit as _audit  # noqa: E402, F401  (audit verify, show)
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
+from crmkit.commands import kpis as _kpis  # noqa: E402, F401  (kpi list)
 from crmkit.commands import reports as _reports  # noqa: E402, F401  (report)
 from crmkit.commands import users as _users  # noqa: E402, F401  (user deactivate, user token)
 

@@ -293,3 +293,20 @@ def invoke(crm: Any) -> Callable[..., CliResult]:
         return CliResult(result, json)
 
     return run
+
+
+def builtins_with(hook: str) -> list[Any]:
+    """The built-in plugin modules (``DEFAULT_PLUGINS``) that implement ``hook``.
+
+    For tests that take the built-ins away, e.g. every built-in report::
+
+        for module in builtins_with("crmkit_reports"):
+            crm.plugins.unregister(name=module.__name__)
+        crm.refresh()
+    """
+    import importlib
+
+    from crmkit.core.plugins import DEFAULT_PLUGINS
+
+    modules = [importlib.import_module(name) for name in DEFAULT_PLUGINS]
+    return [m for m in modules if hasattr(m, hook)]

@@ -436,6 +436,49 @@ def test_crmkit_records_imported(crm, register_plugin, tmp_path):
         assert s.clients.count(search="Veto") == 0  # the batch was rolled back
 
 
+# -- KPIs ------------------------------------------------------------------------------------
+def test_crmkit_kpis(crm, register_plugin):
+    """A plugin's KPI over a source of its own, per user, as a ratio of another KPI."""
+    import datetime as dt
+
+    from sqlalchemy import func, select
+
+    from crmkit import KPI, KPISource, Window
+    from crmkit.core.kpis import run
+
+    def rows(session, window):
+        t = session.table("clients")
+        return select(t.c.owner_id.label("user_id"), t.c.email).where(
+            t.c.owner_id.in_(window.user_ids), t.c.created_at < window.end
+        )
+
+    class Plugin:
+        @hookimpl
+        def crmkit_kpis(self):
+            emails = KPISource("client_emails", rows)
+            return [
+                KPI(
+                    "clients_with_email",
+                    "Clients with an email",
+                    emails,
+                    lambda r: func.count(r.c.email),
+                    per="clients_in_work",
+                    unit="ratio",
+                )
+            ]
+
+    register_plugin(Plugin())
+    with crm.session() as s:
+        s.clients.create("A", email="a@x.example")
+        s.clients.create("B")
+        me = s.user.id
+    assert crm.kpi("clients_with_email").describe()["per"] == "clients_in_work"
+    with crm.session(readonly=True) as s:
+        end = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+        facts = run(s, [crm.kpi("clients_with_email")], Window(end - dt.timedelta(30), end, (me,)))
+    assert facts["clients_with_email"][me].value == 0.5
+
+
 # -- reports, client details, sample data --------------------------------------------------
 def test_crmkit_reports(crm_factory):
     from crmkit import Column, Report, ReportResult

@@ -182,11 +182,13 @@ def test_registered_report(crm):
     report = crm.report("new_clients")
     assert report.title == "New clients"
     assert report.filters == ("period", "segment", "user")
-    from crmkit.plugins import analytics
+    from crmkit.testing import builtins_with
 
-    builtin = {r.name for r in analytics.crmkit_reports()}
-    assert "funnel" in builtin or "channels" in builtin
-    assert set(crm.reports) == {"new_clients"} | builtin  # and the analytics plugin's
+    builtin = {
+        r.name for module in builtins_with("crmkit_reports") for r in module.crmkit_reports()
+    }
+    assert {"funnel", "channels", "kpi"} <= builtin
+    assert set(crm.reports) == {"new_clients"} | builtin  # and the built-in plugins'
     with pytest.raises(NotFound) as info:
         crm.report("nope")
     assert info.value.field == "report"
@@ -431,7 +433,10 @@ def test_report_group_is_empty_without_reports(crm_factory):
     from crmkit.cli import build_cli
 
     bare = crm_factory("bare", plugins=[])
-    bare.plugins.unregister(name="crmkit.plugins.analytics")  # the built-in reports
+    from crmkit.testing import builtins_with
+
+    for module in builtins_with("crmkit_reports"):  # the built-in reports
+        bare.plugins.unregister(name=module.__name__)
     bare.refresh()
     assert bare.reports == {}
     argv = ["-C", str(bare.config.root), "report", "--help"]

@@ -33,6 +33,7 @@ from .store import AuditEntry, Session, _user
 
 if TYPE_CHECKING:  # pragma: no cover
     from .access import Policies
+    from .kpis import KPI
 
 
 class CRM:
@@ -303,6 +304,21 @@ class CRM:
             raise NotFound(f"no report {name!r} (known: {known})", field="report") from None
 
     @cached_property
+    def kpis(self) -> dict[str, KPI]:
+        """KPIs registered by plugins (``crmkit_kpis``), by id."""
+        from .kpis import collect
+
+        return collect(self.plugins.kpis())
+
+    def kpi(self, kpi_id: str) -> KPI:
+        """The KPI ``kpi_id``; the error lists the known ones."""
+        try:
+            return self.kpis[kpi_id]
+        except KeyError:
+            known = ", ".join(sorted(self.kpis)) or "none"
+            raise NotFound(f"no KPI {kpi_id!r} (known: {known})", field="kpi") from None
+
+    @cached_property
     def access(self) -> Policies:
         """The access policies: plugins' (``crmkit_access_policies``), then ``[access] policies``.
 
@@ -330,6 +346,7 @@ class CRM:
             "pipelines",
             "lifecycle",
             "reports",
+            "kpis",
             "access",
         )
         for name in names:

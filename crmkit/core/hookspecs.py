@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .access import Quota, Resource
     from .app import CRM
+    from .kpis import KPI
     from .model import (
         Client,
         Deal,
@@ -239,6 +240,21 @@ def crmkit_reports() -> list[Report] | None:
     ``run(session, query) -> ReportResult``. Every report is then available as
     :meth:`crmkit.Session.report` and as ``crmkit report NAME`` with
     ``--format table|json|csv``. Two plugins may not register the same name.
+    """
+
+
+@hookspec
+def crmkit_kpis() -> list[KPI] | None:
+    """Register KPIs.
+
+    Return :class:`crmkit.KPI` objects: an id in snake case, a title, a unit
+    (``count``, ``money``, ``ratio``, ``number``, ``days``), a direction
+    (``higher`` or ``lower`` is better), a kind (``result`` or ``process``)
+    and the computation: an aggregate SQL expression over the rows of a
+    :class:`crmkit.KPISource` (a SELECT with a ``user_id`` column), optionally
+    divided by another aggregate or KPI (``per``), or a Python fallback
+    ``compute(session, window)``. KPIs of one source are computed for a
+    whole team in one statement. Two plugins may not register the same id.
     """
 
 

@@ -53,6 +53,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crmkit.plugins.analytics",
     "crmkit.plugins.channels",
     "crmkit.plugins.interactions",
+    "crmkit.plugins.kpis",
     "crmkit.plugins.pipelines",
 )
 #: The entry-point group that installed plugins declare.
@@ -233,6 +234,10 @@ class Plugins:
     def reports(self) -> list[tuple[Any, str | None]]:
         """``(report, plugin name)`` pairs (``crmkit_reports``), built-ins first."""
         return self._with_names(self.pm.hook.crmkit_reports)
+
+    def kpis(self) -> list[Any]:
+        """Every plugin's ``crmkit_kpis``, merged (built-ins first)."""
+        return _flatten(self.pm.hook.crmkit_kpis())
 
     def access_policies(self) -> list[tuple[Any, str | None]]:
         """``(policy document, plugin name)`` pairs (``crmkit_access_policies``)."""
