@@ -55,6 +55,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crmkit.plugins.interactions",
     "crmkit.plugins.kpis",
     "crmkit.plugins.pipelines",
+    "crmkit.plugins.plans",
 )
 #: The entry-point group that installed plugins declare.
 ENTRY_POINT_GROUP = "crmkit"
