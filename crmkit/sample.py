@@ -412,6 +412,8 @@ def populate(
     runner = _Runner(crm, pipeline, now, random.Random(seed + 1))
     runner.run(plans, user_scripts, mailings)
     _channel_costs(crm, now, random.Random(seed + 2))
+    _plans(crm, now, random.Random(seed + 3))
+    _performance_settings(crm)
     return runner.counts()
 
 
@@ -444,6 +446,64 @@ def _channel_costs(crm: CRM, now: dt.datetime, rng: random.Random) -> None:
         for year, quarter in quarters:
             amount = round(QUARTERLY_EVENTS * rng.uniform(0.8, 1.2), -2)
             s.channel_costs.record("event", period=f"{year}-Q{quarter}", amount=amount)
+
+
+#: the KPIs the sample plans for each person, as the default motivation scheme weighs them
+PLANNED_KPIS = ("attributed_revenue", "calls_outbound", "meetings", "complete_records")
+#: the sample's settings of the KPI plugin, appended to crmkit.toml
+PERFORMANCE_SETTINGS = """
+# The sample's rule of a complete record (docs/kpis.rst): a won deal counts for
+# its manager's bonus only with a meeting logged on it.
+[plugin.kpis]
+record_interactions = ["meeting"]
+"""
+
+
+def _plans(crm: CRM, now: dt.datetime, rng: random.Random) -> None:
+    """Plans for the last full month and the current one, from each person's recent months.
+
+    A person's target for a KPI is their monthly mean over the three months
+    before, raised by 0 to 25% (ratios: 90%); a KPI they had nothing of gets
+    no plan. Set by the admin (heads could set their team's).
+    """
+    from .core.kpis import Window, run
+    from .core.reports import Period
+
+    today = now.astimezone(crm.tz).date()
+    this_month = today.replace(day=1)
+    last_month = (this_month - dt.timedelta(days=1)).replace(day=1)
+    history_start = (last_month - dt.timedelta(days=70)).replace(day=1)
+    with crm.session() as s:
+        people = [u for u in s.users.list() if u.role.value in ("manager", "head") and u.active]
+        kpis = [crm.kpi(name) for name in PLANNED_KPIS if name in crm.kpis]
+        if not people or not kpis:
+            return
+        history = Period(history_start, last_month, "the three months before")
+        start, end = history.bounds(crm.tz)
+        facts = run(s, kpis, Window(start, end, tuple(p.id for p in people), history, now))
+        for first in (last_month, this_month):
+            for person in people:
+                for kpi in kpis:
+                    fact = facts[kpi.id][person.id]
+                    if not fact.numerator:
+                        continue
+                    if kpi.is_ratio:
+                        target: Any = Decimal("0.90")
+                    else:
+                        mean = float(fact.numerator) / 3 * rng.uniform(1.0, 1.25)
+                        digits = -3 if kpi.unit == "money" else 0
+                        target = max(1, round(mean, digits))
+                    s.plans.set(kpi.id, period=f"{first:%Y-%m}", target=target, user=person.login)
+
+
+def _performance_settings(crm: CRM) -> None:
+    """Append :data:`PERFORMANCE_SETTINGS` to the deployment's crmkit.toml (once)."""
+    path = crm.config.root / "crmkit.toml"
+    if not path.is_file():
+        return
+    text = path.read_text("utf-8")
+    if "[plugin.kpis]" not in text:
+        path.write_text(text.rstrip("\n") + "\n" + PERFORMANCE_SETTINGS, "utf-8")
 
 
 # == planning: decide everything up front, in Python, from the seeded generator ===========
