@@ -54,6 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
         Team,
         User,
     )
+    from .core.motivation import Bonus, Scheme, Standing
     from .core.pipeline import Pipeline, Rule, Stage
     from .core.reports import Column, Period, Report, ReportQuery, ReportResult, parse_period
     from .core.store import Session
@@ -63,6 +64,7 @@ _LAZY = {
     "Session": "crmkit.core.store",
     **{name: "crmkit.core.kpis" for name in ("KPI", "Fact", "Window")},
     "KPISource": "crmkit.core.kpis:Source",
+    **{name: "crmkit.core.motivation" for name in ("Bonus", "Scheme", "Standing")},
     **{name: "crmkit.core.pipeline" for name in ("Pipeline", "Rule", "Stage")},
     **{
         name: "crmkit.core.reports"
@@ -117,6 +119,7 @@ __all__ = [
     "CRM",
     "KPI",
     "AuditError",
+    "Bonus",
     "Channel",
     "Client",
     "ClientKind",
@@ -151,10 +154,12 @@ __all__ = [
     "ReportResult",
     "Role",
     "Rule",
+    "Scheme",
     "Segment",
     "Session",
     "Stage",
     "StageChange",
+    "Standing",
     "Task",
     "TaskStep",
     "Team",

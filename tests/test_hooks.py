@@ -479,6 +479,39 @@ def test_crmkit_kpis(crm, register_plugin):
     assert facts["clients_with_email"][me].value == 0.5
 
 
+def test_crmkit_motivation_schemes(crm, register_plugin):
+    """A scheme of a plugin: 100 per outbound call, selected in crmkit.toml."""
+    from decimal import Decimal
+
+    from crmkit import Bonus, Scheme
+
+    def per_call(session, standing):
+        calls = standing.facts["calls_outbound"].value
+        amount = Decimal(100 * calls).quantize(Decimal("0.01"))
+        return Bonus(base=Decimal(100), gross=amount, total=amount, notes=(f"{calls} calls",))
+
+    class Plugin:
+        @hookimpl
+        def crmkit_motivation_schemes(self):
+            return [Scheme("per_call", "100 per outbound call", per_call)]
+
+    register_plugin(Plugin())
+    config = crm.config.root / "crmkit.toml"
+    config.write_text(config.read_text() + '\n[plugin.motivation]\nscheme = "per_call"\n')
+    with crm.session() as s:
+        s.users.add("anna", role="manager")
+        client = s.clients.create("A", owner="anna")
+    with crm.session(as_user="anna") as s:
+        for _ in range(3):
+            s.interactions.log(client.id, "call", topic="first_contact",
+                               outcome="no_answer", direction="outbound")  # fmt: skip
+    reopened = crmkit.CRM.open(crm.config.root, plugins=crm.plugins)
+    with reopened, reopened.session(as_user="anna", readonly=True) as s:
+        result = s.report("bonus")  # the current month
+    assert [(r["user"], r["bonus"]) for r in result.rows] == [("anna", Decimal("300.00"))]
+    assert result.summary["scheme"] == "per_call"
+
+
 # -- reports, client details, sample data --------------------------------------------------
 def test_crmkit_reports(crm_factory):
     from crmkit import Column, Report, ReportResult

@@ -34,6 +34,7 @@ from .store import AuditEntry, Session, _user
 if TYPE_CHECKING:  # pragma: no cover
     from .access import Policies
     from .kpis import KPI
+    from .motivation import Scheme
 
 
 class CRM:
@@ -319,6 +320,13 @@ class CRM:
             raise NotFound(f"no KPI {kpi_id!r} (known: {known})", field="kpi") from None
 
     @cached_property
+    def motivation_schemes(self) -> dict[str, Scheme]:
+        """Motivation schemes registered by plugins (``crmkit_motivation_schemes``), by name."""
+        from .motivation import collect
+
+        return collect(self.plugins.motivation_schemes())
+
+    @cached_property
     def access(self) -> Policies:
         """The access policies: plugins' (``crmkit_access_policies``), then ``[access] policies``.
 
@@ -347,6 +355,7 @@ class CRM:
             "lifecycle",
             "reports",
             "kpis",
+            "motivation_schemes",
             "access",
         )
         for name in names:

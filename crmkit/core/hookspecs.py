@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
         StageChange,
         User,
     )
+    from .motivation import Scheme
     from .pipeline import Pipeline, Stage
     from .reports import Report
     from .store import Session
@@ -255,6 +256,21 @@ def crmkit_kpis() -> list[KPI] | None:
     divided by another aggregate or KPI (``per``), or a Python fallback
     ``compute(session, window)``. KPIs of one source are computed for a
     whole team in one statement. Two plugins may not register the same id.
+    """
+
+
+@hookspec
+def crmkit_motivation_schemes() -> list[Scheme] | None:
+    """Register motivation schemes.
+
+    Return :class:`crmkit.Scheme` objects: a name, a title and
+    ``compute(session, standing) -> Bonus``, which turns a person's
+    :class:`crmkit.Standing` for a period (KPI facts, plans, overdue tasks,
+    unattributed won deals, the ``[plugin.motivation]`` settings) into a
+    :class:`crmkit.Bonus` with its breakdown; optionally ``check(settings,
+    crm)``, which raises :class:`crmkit.ConfigError` on bad settings before
+    anything is computed. The deployment picks one with ``[plugin.motivation]
+    scheme``. Two plugins may not register the same name.
     """
 
 

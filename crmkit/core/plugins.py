@@ -54,6 +54,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crmkit.plugins.channels",
     "crmkit.plugins.interactions",
     "crmkit.plugins.kpis",
+    "crmkit.plugins.motivation",
     "crmkit.plugins.pipelines",
     "crmkit.plugins.plans",
 )
@@ -239,6 +240,10 @@ class Plugins:
     def kpis(self) -> list[Any]:
         """Every plugin's ``crmkit_kpis``, merged (built-ins first)."""
         return _flatten(self.pm.hook.crmkit_kpis())
+
+    def motivation_schemes(self) -> list[Any]:
+        """Every plugin's ``crmkit_motivation_schemes``, merged (built-ins first)."""
+        return _flatten(self.pm.hook.crmkit_motivation_schemes())
 
     def access_policies(self) -> list[tuple[Any, str | None]]:
         """``(policy document, plugin name)`` pairs (``crmkit_access_policies``)."""
