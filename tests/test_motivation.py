@@ -439,3 +439,28 @@ def test_two_schemes_with_one_name_are_a_plugin_error(crm, register_plugin):
 
 def test_exports():
     assert crmkit.Scheme is Scheme and crmkit.Standing is Standing and crmkit.Bonus is Bonus
+
+
+def test_a_few_statements_for_everyone_and_a_chart(base, invoke, tmp_path):
+    """The KPIs (one statement per source), plans, tasks, deals: not one query per person."""
+    from sqlalchemy import event
+
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    with base.session(readonly=True) as s:
+        event.listen(base.engine, "before_cursor_execute", count)
+        try:
+            s.report("bonus", period="2026-03", as_of="2026-04-15", forecast=True)
+        finally:
+            event.remove(base.engine, "before_cursor_execute", count)
+    # people, teams, 5 KPI sources, plans, overdue tasks, unattributed deals, open pipeline
+    assert len(statements) <= 12, statements
+    chart = tmp_path / "bonus.svg"
+    drawn = invoke(
+        "report", "bonus", "--period", "2026-03", "--as-of", "2026-04-15", "--chart", chart
+    )
+    assert drawn.exit_code == 0, drawn
+    assert "<svg" in chart.read_text("utf-8")

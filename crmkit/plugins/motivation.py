@@ -182,7 +182,7 @@ def standard(session: Session, standing: Standing) -> Bonus:
             attainment = kpi.attainment(value, plan)
             if attainment is None:
                 note = (
-                    f"no attainment: {kpi_id} has no value"
+                    f"no attainment: {kpi_id} has no value (nothing to divide)"
                     if value is None
                     else f"no attainment: the plan of {kpi_id} is 0"
                 )
@@ -533,7 +533,7 @@ BREAKDOWN_COLUMNS = (
     ("plan", "Plan", "number"),
     ("attainment", "Attainment", "percent"),
     ("weight", "Weight", "percent"),
-    ("factor", "Factor", "number"),
+    ("factor", "Factor", "text"),
     ("amount", "Amount", "money"),
     ("note", "Note", "text"),
 )
