@@ -325,7 +325,11 @@ def _lifecycle_tables(metadata: MetaData) -> None:
     )
     Index("uq_interactions_external_id", interactions.c.external_id, unique=True)
     Index("ix_interactions_client_at", interactions.c.client_id, interactions.c.occurred_at)
-    Index("ix_interactions_user_at", interactions.c.user_id, interactions.c.occurred_at)
+    i = interactions.c  # covers what KPIs count (revision crmkit_0009)
+    Index(
+        "ix_interactions_user_at",
+        *(i.user_id, i.occurred_at, i.kind, i.direction, i.topic, i.outcome, i.client_id),
+    )
     Index("ix_interactions_deal_id", interactions.c.deal_id)
     Table(
         "interaction_respondents",
