@@ -17,9 +17,9 @@ timed). Then it measures in the same run:
   ``stage_changes`` row per history entry, one event per batch;
 * **raw**: plain ``sqlite3`` reading the same CSV with the ``csv`` module,
   looking the client up in a dict it loaded beforehand, and ``executemany``
-  of the same deal rows and stage-change rows into the same tables of a
-  deployment made the same way, in transactions of the same size, with no
-  validation.
+  of the same deal rows and stage-change rows (each closed by the next as a
+  stay, as crmkit stores them) into the same tables of a deployment made the
+  same way, in transactions of the same size, with no validation.
 
 It prints both throughputs (deals per second) and their ratio.
 """
@@ -121,7 +121,8 @@ def raw_import(directory: Path, source: Path, batch_size: int) -> float:
     )
     change_sql = (
         "INSERT INTO stage_changes (entity, entity_id, pipeline, from_stage, to_stage, at,"
-        " user_id, cause, note) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " user_id, cause, note, left_at, next_stage, stay_seconds, lost_reason, deal_amount,"
+        " deal_opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
     start = time.perf_counter()
     # the clients by external id, as the raw way would look them up
@@ -145,20 +146,31 @@ def raw_import(directory: Path, source: Path, batch_size: int) -> float:
             dates, (status, closed, reason) = rest[:5], rest[5:]
             deal_id = next_id
             next_id += 1
+            opened = dates[0] + " 00:00:00.000000"
+            history = [(stage, day) for stage, day in zip(STAGES, dates, strict=True) if day]
+            if status:
+                history.append((status, closed))
             before = None
             last = None
-            opened = dates[0] + " 00:00:00.000000"
-            for stage, day in zip(STAGES, dates, strict=True):
-                if not day:
-                    break
+            for i, (stage, day) in enumerate(history):
                 last = day + " 00:00:00.000000"
-                changes.append(("deal", deal_id, "b2b", before, stage, last, 1, "import", None))
+                note = reason or None if stage == "lost" else None
+                if i + 1 < len(history):  # the stay, closed by the next entry
+                    after, left = history[i + 1]
+                    stay = (
+                        "deal", deal_id, "b2b", before, stage, last, 1, "import", note,
+                        left + " 00:00:00.000000", after,
+                        (dt.date.fromisoformat(left) - dt.date.fromisoformat(day)).days * 86400,
+                        (reason or None) if after == "lost" else None,
+                        float(amount), opened,
+                    )  # fmt: skip
+                else:
+                    stay = (
+                        "deal", deal_id, "b2b", before, stage, last, 1, "import", note,
+                        None, None, None, None, float(amount), opened,
+                    )  # fmt: skip
+                changes.append(stay)
                 before = stage
-            if status:
-                last = closed + " 00:00:00.000000"
-                changes.append(
-                    ("deal", deal_id, "b2b", before, status, last, 1, "import", reason or None)
-                )
             deals.append(
                 (
                     deal_id,
