@@ -413,8 +413,12 @@ def populate(
     runner.run(plans, user_scripts, mailings)
     _channel_costs(crm, now, random.Random(seed + 2))
     _plans(crm, now, random.Random(seed + 3))
+    counts = runner.counts()
+    web_orders = _shortcuts(crm, now, random.Random(seed + 4))
+    counts["deals"] += web_orders
+    counts["deals_won"] += web_orders
     _performance_settings(crm)
-    return runner.counts()
+    return counts
 
 
 #: what the marketing channels cost a month, about (the sample varies it by up to 20%)
@@ -494,6 +498,52 @@ def _plans(crm: CRM, now: dt.datetime, rng: random.Random) -> None:
                         digits = -3 if kpi.unit == "money" else 0
                         target = max(1, round(mean, digits))
                     s.plans.set(kpi.id, period=f"{first:%Y-%m}", target=target, user=person.login)
+
+
+#: the pipeline of the web orders that some managers close without recording the work
+SHORTCUT_PIPELINE = "webshop"
+
+
+def _shortcuts(crm: CRM, now: dt.datetime, rng: random.Random) -> int:
+    """Web orders closed as won straight away, with nothing logged: deals no bonus counts.
+
+    In the last full month and in the current one (up to ``now``), two
+    managers each open a ``webshop`` deal for one of their clients and win
+    it at once, from its first stage, logging no interaction: the rule of a
+    complete record (docs/kpis.rst) leaves them unattributed. Returns how
+    many were made.
+    """
+    flow = crm.pipelines.get(SHORTCUT_PIPELINE)
+    if flow is None or flow.entity != "deal" or not flow.allow_skip:
+        return 0
+    made = 0
+    today = now.astimezone(crm.tz).date()
+    this_month = today.replace(day=1)
+    last_month = (this_month - dt.timedelta(days=1)).replace(day=1)
+    with crm.session() as s:
+        managers = sorted(u.login for u in s.users.list() if u.role.value == "manager")
+        for first in (last_month, this_month):
+            start = dt.datetime.combine(first, dt.time(9), crm.tz)
+            span = min(now, start + dt.timedelta(days=27)) - start
+            if span <= dt.timedelta(0):
+                continue
+            for login in rng.sample(managers, min(2, len(managers))):
+                owned = s.clients.list(owner=login, limit=50)
+                if not owned:
+                    continue
+                client = rng.choice(owned)
+                at = start + span * rng.random()
+                deal = s.deals.open(
+                    client.id,
+                    pipeline=flow.name,
+                    amount=rng.randrange(20, 150) * 1000,
+                    title=f"Web order: {client.name}",
+                    owner=login,
+                    at=at,
+                )
+                s.deals.win(deal.id, at=at + dt.timedelta(minutes=rng.randint(5, 90)))
+                made += 1
+    return made
 
 
 def _performance_settings(crm: CRM) -> None:

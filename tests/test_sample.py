@@ -249,8 +249,8 @@ def test_won_lost_open_stalled_and_overdue_are_all_there(
         stalled = s.deals.list(stalled=True, now=NOW, limit=None)
         assert all(s.deals.is_stalled(d, NOW) for d in stalled)
         assert [d for d in s.deals.list(status="open", limit=None) if d not in stalled]
-        # a won deal has been invoiced and paid before it was won
-        for deal in s.deals.list(status="won", limit=None):
+        # a won deal of the sales pipeline has been invoiced and paid before it was won
+        for deal in s.deals.list(status="won", pipeline="b2b", limit=None):
             invoices = s.invoices.list(deal_id=deal.id)
             paid = [v for v in invoices if v.status.value == "paid"]
             assert paid and all(v.paid_at <= deal.closed_at for v in paid)
@@ -309,7 +309,7 @@ def test_the_stage_history_of_every_deal_is_complete(sample: tuple[Any, dict[str
     with crm.session(readonly=True) as s:
         deals = s.deals.list(limit=None)
         assert len(deals) == counts["deals"]
-        for deal in deals:
+        for deal in _sales(s, deals):
             _check_history(s, flow, deal, rng)
         # the client lifecycle chains as well
         first = s.crm.lifecycle.first.name
@@ -330,6 +330,25 @@ def test_the_stage_history_of_every_deal_is_complete(sample: tuple[Any, dict[str
         assert {*flow.stage_names, WON, LOST} <= reached
 
 
+def _sales(s: Any, deals: list[Any]) -> list[Any]:
+    """The deals of the sales pipeline; the web orders are checked to be what they are.
+
+    The sample's web orders (``crmkit.sample._shortcuts``) were won at once
+    from the ``webshop`` pipeline's first stage with nothing logged: the deals
+    no bonus counts.
+    """
+    web = [d for d in deals if d.pipeline == "webshop"]
+    assert len(web) >= 2
+    for deal in web:
+        first = s.crm.pipelines["webshop"].first.name
+        assert [(h.from_stage, h.to_stage) for h in s.deals.history(deal.id)] == [
+            (None, first),
+            (first, WON),
+        ]
+        assert s.interactions.list(deal_id=deal.id, limit=None) == []
+    return [d for d in deals if d.pipeline == "b2b"]
+
+
 def test_without_a_segment_plugin_deals_stop_before_the_proposal_gate(crm_factory: Any) -> None:
     crm = crm_factory("plain", plugins=[])
     assert not crm.segments
@@ -341,9 +360,10 @@ def test_without_a_segment_plugin_deals_stop_before_the_proposal_gate(crm_factor
         assert all(c.segment is None for c in s.clients.iter())
         deals = s.deals.list(limit=None)
         assert len(deals) == counts["deals"] > 0
-        assert counts["deals_won"] == counts["invoices"] == 0
+        sales = _sales(s, deals)
+        assert not [d for d in sales if d.status.value == "won"] and counts["invoices"] == 0
         assert counts["deals_lost"] > 0 and counts["deals_open"] > 0
-        for deal in deals:
+        for deal in sales:
             _check_history(s, flow, deal, rng)
             assert all(
                 h.to_stage in TERMINAL or flow.stage(h.to_stage).order < proposal
@@ -378,7 +398,7 @@ def test_a_move_refused_by_an_unknown_gate_loses_the_deal(crm_factory: Any) -> N
             if d.stage == LOST and "framework contract" in s.deals.history(d.id)[-1].note
         ]
         assert refused and all(d.lost_reason == "bad_fit" for d in refused)
-        for deal in deals:
+        for deal in _sales(s, deals):
             _check_history(s, flow, deal, rng)
             if deal.amount > 300_000:
                 assert "contract_invoice" not in {h.to_stage for h in s.deals.history(deal.id)}
@@ -398,3 +418,22 @@ def test_bad_arguments(crm: Any) -> None:
     counts = populate(crm, clients=0, now=NOW)
     assert counts["clients"] == counts["deals"] == counts["interactions"] == 0
     assert counts["users"] == 9
+
+
+def test_plans_bonuses_penalties_and_unattributed_deals(sample: tuple[Any, dict[str, int]]) -> None:
+    """Issue 8 on the sample: plans for the last and current month, bonuses with penalties,
+    and the web orders won with nothing logged listed as unattributed."""
+    crm, _ = sample
+    last_month = (NOW.date().replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
+    with crm.session(readonly=True) as s:
+        plans = s.plans.list(period=last_month)
+        assert {p.kpi for p in plans} >= {"attributed_revenue", "calls_outbound"}
+        bonus = {
+            period: s.report("bonus", period=period, as_of=NOW.date().isoformat())
+            for period in (last_month, NOW.strftime("%Y-%m"))
+        }
+    rows = [row for result in bonus.values() for row in result.rows]
+    assert any(row["penalty"] > 0 for row in rows)
+    assert any(row["bonus"] > 0 for row in rows)
+    assert sum(row["unattributed"] for row in rows) >= 2
+    assert (crm.config.root / "crmkit.toml").read_text("utf-8").count("[plugin.kpis]") == 1
