@@ -66,7 +66,7 @@ class Drawn:
             return ReportResult("bars", [Column("n", type="integer")], [{"n": 3}, {"n": 5}])
 
         def chart(result, path):
-            from crmkit.plugins.analytics import charts
+            from crmkit.core import charts
 
             fig, ax = charts.figure()
             ax.bar(["a", "b"], result.column("n"))

@@ -46,7 +46,8 @@ def pyplot() -> Any:
 def figure(width: float = 9.0, height: float = 5.5) -> tuple[Any, Any]:
     """A new figure and its axes."""
     plt = pyplot()
-    return plt.subplots(figsize=(width, height), layout="constrained")
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, ax
 
 
 def save(fig: Any, path: Path) -> None:

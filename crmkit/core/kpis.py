@@ -296,3 +296,94 @@ def total(facts: Iterable[Fact]) -> Fact:
     for fact in facts:
         out = fact if out is None else out + fact
     return out or Fact()
+
+
+# -- who a performance report shows -------------------------------------------------------
+#: the roles a performance report (KPIs, plans, bonuses) lists by default
+LISTED_ROLES = ("manager", "head")
+
+
+def people(
+    session: Session,
+    *,
+    team: str | None = None,
+    user: str | None = None,
+    roles: Sequence[str] = LISTED_ROLES,
+) -> list[Any]:
+    """The active users a performance report shows: ``team`` (nested teams too) or ``user``,
+    then only those the reader may ``read`` as the ``performance`` resource.
+
+    Rows with ``id``, ``login``, ``name``, ``team_id`` and ``role``, by login.
+    """
+    from sqlalchemy import select
+
+    users = session.table("users")
+    stmt = select(users.c.id, users.c.login, users.c.name, users.c.team_id, users.c.role).where(
+        users.c.active.is_(True), users.c.role.in_(list(roles))
+    )
+    if user is not None:
+        stmt = stmt.where(users.c.id == session.users.get(user, field="user").id)
+    if team is not None:
+        members = [u.id for u in session.users.list(team=team)]
+        stmt = stmt.where(users.c.id.in_(members))
+    stmt = session.access.filter(stmt, "read", "performance", users)
+    return list(session.connection.execute(stmt.order_by(users.c.login)))
+
+
+# -- the rule of a complete record (attribution) ------------------------------------
+def record_problems(session: Session, deals: Any) -> list[tuple[str, Any]]:
+    """``(reason, SQL condition true when the deal's record has that problem)`` for won deals.
+
+    ``deals`` is the deals table or an alias of it in the caller's query.
+    """
+    from sqlalchemy import and_, exists, literal, select
+
+    from crmkit.core.pipeline import WON
+
+    changes = session.table("stage_changes")
+    interactions = session.table("interactions")
+    settings = session.crm.config.plugin("kpis")
+    kinds = [str(k) for k in settings.get("record_interactions", ())]
+    of_deal = and_(changes.c.entity == "deal", changes.c.entity_id == deals.c.id)
+    problems: list[tuple[str, Any]] = [
+        (
+            "its moves were imported, not made in crmkit",
+            exists(select(literal(1)).where(of_deal, changes.c.cause == "import")),
+        )
+    ]
+    firsts = [
+        and_(deals.c.pipeline == flow.name, changes.c.from_stage == flow.first.name)
+        for flow in session.crm.pipelines.values()
+        if flow.entity == "deal" and len(flow.stages) > 1
+    ]
+    if firsts:
+        from sqlalchemy import or_
+
+        problems.append(
+            (
+                "won straight from the first stage",
+                exists(select(literal(1)).where(of_deal, changes.c.to_stage == WON, or_(*firsts))),
+            )
+        )
+    on_deal = interactions.c.deal_id == deals.c.id
+    if kinds:
+        for kind in kinds:
+            problems.append(
+                (
+                    f"no {kind} logged on the deal",
+                    ~exists(select(literal(1)).where(on_deal, interactions.c.kind == kind)),
+                )
+            )
+    else:
+        problems.append(
+            ("no interaction logged on the deal", ~exists(select(literal(1)).where(on_deal)))
+        )
+    problems.append(("its amount is zero", deals.c.amount <= 0))
+    return problems
+
+
+def complete(session: Session, deals: Any) -> Any:
+    """SQL: the deal's record is complete (none of :func:`record_problems`)."""
+    from sqlalchemy import not_, or_
+
+    return not_(or_(*(cond for _, cond in record_problems(session, deals))))

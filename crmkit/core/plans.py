@@ -517,3 +517,49 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 __all__ = ["SCOPES", "Plan", "Plans", "parse_target", "split_amounts"]
+
+
+# -- plan versus fact: the figures of the plan and bonus reports ----------------------
+def moment(session: Session, query: Any) -> tuple[dt.datetime, dt.date]:
+    """The moment the report looks from and its day: now, or the end of the ``--as-of`` day."""
+    tz = session.crm.tz
+    given = query.options.get("as_of")
+    if given is None:
+        now = dt.datetime.now(dt.UTC)
+        return now, now.astimezone(tz).date()
+    try:
+        day = dt.date.fromisoformat(given)
+    except ValueError as exc:
+        raise ValidationError(f"{given!r} is not a date: {exc}", field="as_of") from None
+    end_of_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
+    return end_of_day.astimezone(dt.UTC), day
+
+
+def figures(
+    kpi: Any, target: float, value: Any, elapsed: float, days: float, started: bool
+) -> dict[str, Any]:
+    """Attainment, projection, on track and gap per day of one plan (see ``docs/plans.rst``).
+
+    ``elapsed`` and ``days`` are in days (``elapsed`` is 0 before the period
+    starts and ``days`` once it is over); ``value`` is the KPI's fact (None
+    when a ratio has no denominator).
+    """
+    fact = None if value is None else float(value)
+    attainment = kpi.attainment(fact, target)
+    if attainment is not None and attainment == float("inf"):
+        attainment = None  # a lower-is-better KPI met with nothing: shown empty, on track
+    remaining = max(days - elapsed, 0.0)
+    projection: float | None = None
+    if started and fact is not None:
+        projection = fact if kpi.is_ratio or not elapsed else fact / elapsed * days
+    on_track = None if projection is None else bool(kpi.better(projection, target))
+    gap: float | None = None
+    if not kpi.is_ratio and remaining > 0:
+        gap = max((target - (fact or 0.0)) / remaining, 0.0)
+    return {
+        "fact": fact,
+        "attainment": None if attainment is None else round(attainment, 4),
+        "projection": None if projection is None else round(projection, 2),
+        "on_track": on_track,
+        "gap_per_day": None if gap is None else round(gap, 2),
+    }

@@ -24,7 +24,7 @@ people and KPIs (see :mod:`crmkit.core.kpis`):
     past their due time at ``min(end, now)``, plus those done late in the
     period; lower is better).
 
-A won deal's record is *complete* (:func:`record_problems`) when its moves
+A won deal's record is *complete* (:func:`crmkit.core.kpis.record_problems`) when its moves
 were made in crmkit (none imported), it was not won straight from the
 pipeline's first stage, at least one interaction is logged on it (one of
 each kind listed in ``[plugin.kpis] record_interactions``, when set), and
@@ -41,65 +41,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.kpis import KPI, Window
     from crmkit.core.reports import Report
     from crmkit.core.store import Session
-
-
-# -- complete records ----------------------------------------------------------------------
-def record_problems(session: Session, deals: Any) -> list[tuple[str, Any]]:
-    """``(reason, SQL condition true when the deal's record has that problem)`` for won deals.
-
-    ``deals`` is the deals table or an alias of it in the caller's query.
-    """
-    from sqlalchemy import and_, exists, literal, select
-
-    from crmkit.core.pipeline import WON
-
-    changes = session.table("stage_changes")
-    interactions = session.table("interactions")
-    settings = session.crm.config.plugin("kpis")
-    kinds = [str(k) for k in settings.get("record_interactions", ())]
-    of_deal = and_(changes.c.entity == "deal", changes.c.entity_id == deals.c.id)
-    problems: list[tuple[str, Any]] = [
-        (
-            "its moves were imported, not made in crmkit",
-            exists(select(literal(1)).where(of_deal, changes.c.cause == "import")),
-        )
-    ]
-    firsts = [
-        and_(deals.c.pipeline == flow.name, changes.c.from_stage == flow.first.name)
-        for flow in session.crm.pipelines.values()
-        if flow.entity == "deal" and len(flow.stages) > 1
-    ]
-    if firsts:
-        from sqlalchemy import or_
-
-        problems.append(
-            (
-                "won straight from the first stage",
-                exists(select(literal(1)).where(of_deal, changes.c.to_stage == WON, or_(*firsts))),
-            )
-        )
-    on_deal = interactions.c.deal_id == deals.c.id
-    if kinds:
-        for kind in kinds:
-            problems.append(
-                (
-                    f"no {kind} logged on the deal",
-                    ~exists(select(literal(1)).where(on_deal, interactions.c.kind == kind)),
-                )
-            )
-    else:
-        problems.append(
-            ("no interaction logged on the deal", ~exists(select(literal(1)).where(on_deal)))
-        )
-    problems.append(("its amount is zero", deals.c.amount <= 0))
-    return problems
-
-
-def complete(session: Session, deals: Any) -> Any:
-    """SQL: the deal's record is complete (none of :func:`record_problems`)."""
-    from sqlalchemy import not_, or_
-
-    return not_(or_(*(cond for _, cond in record_problems(session, deals))))
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -148,6 +89,7 @@ def _invoices(session: Session, window: Window) -> Any:
 def _closed_deals(session: Session, window: Window) -> Any:
     from sqlalchemy import case, select
 
+    from crmkit.core.kpis import complete
     from crmkit.core.pipeline import WON
 
     deals = session.table("deals")
@@ -438,25 +380,6 @@ COLUMN_TYPE = {
     "number": "number",
     "days": "number",
 }
-#: the roles a KPI report lists by default
-LISTED_ROLES = ("manager", "head")
-
-
-def people(session: Session, query: Any, roles: tuple[str, ...] = LISTED_ROLES) -> list[Any]:
-    """The active users a performance report shows: the filters, then what the reader may read."""
-    from sqlalchemy import select
-
-    from crmkit.plugins.analytics import scope
-
-    users = session.table("users")
-    stmt = select(users.c.id, users.c.login, users.c.name, users.c.team_id, users.c.role).where(
-        users.c.active.is_(True), users.c.role.in_(roles)
-    )
-    owners = scope.owner_ids(session, query)
-    if owners is not None:
-        stmt = stmt.where(users.c.id.in_(owners))
-    stmt = session.access.filter(stmt, "read", "performance", users)
-    return list(session.connection.execute(stmt.order_by(users.c.login)))
 
 
 def chosen(session: Session, text: str | None) -> list[KPI]:
@@ -471,13 +394,13 @@ def kpi_report(session: Session, query: Any) -> Any:
     """Every KPI (or ``--kpis``) for each person in scope, and the total of them all."""
     import datetime as dt
 
-    from crmkit.core.kpis import Window, run, total
+    from crmkit.core.kpis import LISTED_ROLES, Window, people, run, total
     from crmkit.core.reports import Column, ReportResult
 
     period = query.period
     start, end = period.bounds(session.crm.tz)
     kpis = chosen(session, query.options.get("kpis"))
-    listed = people(session, query)
+    listed = people(session, team=query.team, user=query.user)
     window = Window(start, end, tuple(p.id for p in listed), period, dt.datetime.now(dt.UTC))
     facts = run(session, kpis, window)
     rows = []

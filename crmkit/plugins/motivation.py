@@ -6,7 +6,7 @@ computes each person's bonus for the period with the scheme named by
 :class:`~crmkit.Standing`: the KPI facts of one :func:`crmkit.core.kpis.run`
 for everyone listed, their own plans of the period, the tasks the
 ``overdue_tasks`` KPI counts, and their won deals whose record is incomplete
-(:func:`crmkit.plugins.kpis.record_problems`). Whatever the number of
+(:func:`crmkit.core.kpis.record_problems`). Whatever the number of
 people, that is a handful of statements.
 
 The standard scheme (every formula is in ``docs/motivation.rst``): per
@@ -266,18 +266,17 @@ def standings(session: Session, query: ReportQuery, config: dict[str, Any]) -> l
     source), the plans, the overdue tasks, the unattributed deals, and with
     ``--forecast`` the open deals.
     """
-    from crmkit.core.kpis import Fact, Window
+    from crmkit.core.kpis import Fact, Window, people
     from crmkit.core.kpis import run as run_kpis
     from crmkit.core.motivation import Person, Standing
+    from crmkit.core.plans import figures, moment
     from crmkit.core.reports import parse_period
-    from crmkit.plugins.kpis import people
-    from crmkit.plugins.plans import figures, moment
 
     now, day = moment(session, query)
     period = query.period or parse_period(day.strftime("%Y-%m"))
     start, end = period.bounds(session.crm.tz)
     cut = min(max(now, start), end)
-    listed = people(session, query)
+    listed = people(session, team=query.team, user=query.user)
     ids = tuple(p.id for p in listed)
     team_names = _team_names(session)
     kpis = session.crm.kpis
@@ -391,9 +390,9 @@ def _unattributed(session: Session, window: Any) -> dict[int, list[Any]]:
     """Deals won in the window whose record is incomplete, with every reason, by owner."""
     from sqlalchemy import case, or_, select
 
+    from crmkit.core.kpis import record_problems
     from crmkit.core.motivation import UnattributedDeal, money
     from crmkit.core.pipeline import WON
-    from crmkit.plugins.kpis import record_problems
 
     deals = session.table("deals")
     problems = record_problems(session, deals)
@@ -543,8 +542,8 @@ def run(session: Session, query: ReportQuery) -> ReportResult:
     """Compute every listed person's bonus (see ``docs/motivation.rst``)."""
     from crmkit.core.model import to_json
     from crmkit.core.motivation import money
+    from crmkit.core.plans import moment
     from crmkit.core.reports import Column, ReportResult, parse_period
-    from crmkit.plugins.plans import moment
 
     scheme, _ = chosen_scheme(session.crm)
     computed = bonuses(session, query)
@@ -649,7 +648,7 @@ def breakdown_rows(bonus: Bonus) -> list[dict[str, Any]]:
 
 def chart(result: ReportResult, path: Path) -> None:
     """Stacked bars per person: the bonus, and the penalty on top of it (gross in all)."""
-    from crmkit.plugins.analytics import charts
+    from crmkit.core import charts
 
     rows = [r for r in result.rows if "gross" in r]
     fig, ax = charts.figure(width=9.0, height=5.0)

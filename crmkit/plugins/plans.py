@@ -11,7 +11,6 @@ per remaining day to close the gap. The formulas are in ``docs/plans.rst``.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from crmkit import hookimpl
@@ -57,59 +56,13 @@ def crmkit_reports() -> list[Report]:
     ]
 
 
-def moment(session: Session, query: ReportQuery) -> tuple[dt.datetime, dt.date]:
-    """The moment the report looks from and its day: now, or the end of the ``--as-of`` day."""
-    from crmkit.core.errors import ValidationError
-
-    tz = session.crm.tz
-    given = query.options.get("as_of")
-    if given is None:
-        now = dt.datetime.now(dt.UTC)
-        return now, now.astimezone(tz).date()
-    try:
-        day = dt.date.fromisoformat(given)
-    except ValueError as exc:
-        raise ValidationError(f"{given!r} is not a date: {exc}", field="as_of") from None
-    end_of_day = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
-    return end_of_day.astimezone(dt.UTC), day
-
-
-def figures(
-    kpi: Any, target: float, value: Any, elapsed: float, days: float, started: bool
-) -> dict[str, Any]:
-    """Attainment, projection, on track and gap per day of one plan (see ``docs/plans.rst``).
-
-    ``elapsed`` and ``days`` are in days (``elapsed`` is 0 before the period
-    starts and ``days`` once it is over); ``value`` is the KPI's fact (None
-    when a ratio has no denominator).
-    """
-    fact = None if value is None else float(value)
-    attainment = kpi.attainment(fact, target)
-    if attainment is not None and attainment == float("inf"):
-        attainment = None  # a lower-is-better KPI met with nothing: shown empty, on track
-    remaining = max(days - elapsed, 0.0)
-    projection: float | None = None
-    if started and fact is not None:
-        projection = fact if kpi.is_ratio or not elapsed else fact / elapsed * days
-    on_track = None if projection is None else bool(kpi.better(projection, target))
-    gap: float | None = None
-    if not kpi.is_ratio and remaining > 0:
-        gap = max((target - (fact or 0.0)) / remaining, 0.0)
-    return {
-        "fact": fact,
-        "attainment": None if attainment is None else round(attainment, 4),
-        "projection": None if projection is None else round(projection, 2),
-        "on_track": on_track,
-        "gap_per_day": None if gap is None else round(gap, 2),
-    }
-
-
 def run(session: Session, query: ReportQuery) -> ReportResult:
     """Compute plan versus fact (see ``docs/plans.rst``)."""
     from sqlalchemy import select
 
     from crmkit.core.kpis import Window, total
     from crmkit.core.kpis import run as run_kpis
+    from crmkit.core.plans import figures, moment
     from crmkit.core.reports import Column, ReportResult, parse_period
 
     now, day = moment(session, query)
@@ -205,7 +158,7 @@ def run(session: Session, query: ReportQuery) -> ReportResult:
 
 def chart(result: ReportResult, path: Path) -> None:
     """Horizontal bars of attainment per plan, with a line at 100%."""
-    from crmkit.plugins.analytics import charts
+    from crmkit.core import charts
 
     rows = result.rows[::-1]  # the first plan at the top
     height = max(3.0, 1.4 + 0.45 * len(rows))

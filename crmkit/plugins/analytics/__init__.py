@@ -1,8 +1,8 @@
 """Built-in plugin: the sales department's analytics reports.
 
 Each module of this package that defines ``reports()`` contributes its
-reports (``crmkit report NAME``); ``scope`` holds the filters they share and
-``charts`` the drawing helpers. Every report is computed in SQL from the
+reports (``crmkit report NAME``); ``scope`` holds the filters they share (the
+drawing helpers are :mod:`crmkit.core.charts`). Every report is computed in SQL from the
 stored records and counts only what its reader may read (the access
 policies, applied with ``session.access.filter``).
 """
@@ -16,7 +16,7 @@ from typing import Any
 from crmkit import hookimpl
 
 #: modules of this package that hold helpers, not reports
-HELPERS = frozenset({"scope", "charts"})
+HELPERS = frozenset({"scope"})
 
 
 def report_modules() -> list[str]:

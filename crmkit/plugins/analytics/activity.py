@@ -243,7 +243,7 @@ def run(session: Session, query: ReportQuery) -> ReportResult:
 
 def chart(result: ReportResult, path: Path) -> None:
     """Grouped horizontal bars per manager: calls out, calls in, meetings, other."""
-    from . import charts
+    from crmkit.core import charts
 
     series = [
         ("calls_out", "Calls out"),

@@ -232,7 +232,7 @@ def _groups(session: Session, query: ReportQuery, by: str, ids: set[int]) -> dic
 
 def chart(result: ReportResult, path: Path) -> None:
     """New (up) and lost (down) per row, the base at the end as a line."""
-    from . import charts
+    from crmkit.core import charts
 
     key = result.columns[0].name
     labels = [str(r[key]) for r in result.rows]

@@ -267,7 +267,7 @@ def _money(value: Any) -> decimal.Decimal:
 
 def chart(result: ReportResult, path: Path) -> None:
     """Return on spend per channel, coloured by verdict, with the thresholds drawn."""
-    from . import charts
+    from crmkit.core import charts
 
     rows = [r for r in result.rows if r["return_on_spend"] is not None]
     fig, ax = charts.figure(9, max(3.0, 0.55 * len(rows) + 1.8))

@@ -388,7 +388,7 @@ def _mape(errors: list[float | None]) -> float | None:
 
 def chart(result: ReportResult, path: Path) -> None:
     """The forecast per stage, or the backtest's forecasts against what was won."""
-    from . import charts
+    from crmkit.core import charts
 
     fig, ax = charts.figure(10, 5.5)
     if result.rows and "actual" in result.rows[0]:

@@ -466,7 +466,7 @@ def _money(value: Any) -> str:
 
 def draw(result: ReportResult, path: Path) -> None:
     """A funnel drawn as a funnel: centred bars as wide as the deals entering each stage."""
-    from . import charts
+    from crmkit.core import charts
 
     stages = result.rows
     won = stages[-1]["moved_on"] if stages else 0  # the last stage moves on only to won

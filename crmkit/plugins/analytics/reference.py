@@ -264,7 +264,7 @@ def diagnose(
 
 def chart(result: ReportResult, path: Path) -> None:
     """Both funnels as centred bars of conversion, the reference as an outline."""
-    from . import charts
+    from crmkit.core import charts
 
     rows = result.rows
     fig, ax = charts.figure(10, max(3.5, 0.8 * len(rows) + 1.5))

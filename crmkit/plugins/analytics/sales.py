@@ -293,7 +293,7 @@ def _plural(n: int, word: str) -> str:
 
 def chart(result: ReportResult, path: Path) -> None:
     """Bars of revenue per group; by month, columns over time with the won amount as a line."""
-    from . import charts
+    from crmkit.core import charts
 
     rows = result.rows
     label = result.period.label if result.period else ""
