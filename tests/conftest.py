@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -39,3 +40,15 @@ def fake_distribution(
     yield make
     for module in modules:
         sys.modules.pop(module, None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In pytest-xdist workers, run the ``slow`` tests first (the order is otherwise kept).
+
+    The slow tests take up to a few minutes each (building a venv, the Sphinx
+    site); started last, as the plugins' ones would be, one worker runs them
+    alone at the end while the others wait. Every worker sorts its collection
+    the same way, as xdist requires.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
