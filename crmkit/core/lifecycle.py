@@ -210,6 +210,41 @@ def close_stays(
     return int(result.rowcount or 0)
 
 
+def deals_open_at(s: Session, when: dt.datetime) -> Any:
+    """SELECT of the deals open at ``when``, each with the stage it was in then (not filtered
+    by the access policies: callers add their own filters).
+
+    Columns ``id``, ``owner_id``, ``pipeline``, ``stage``, ``entered`` (when
+    it entered that stage), ``amount`` and ``expected_close``. The stage is
+    the stay that holds ``when`` (``at <= when < left_at``): one row per
+    deal, read through the stays rather than by pairing changes.
+    """
+    deals, changes = s.table("deals"), s.table("stage_changes")
+    stay = and_(
+        changes.c.entity == "deal",
+        changes.c.entity_id == deals.c.id,
+        changes.c.at <= when,
+        or_(changes.c.left_at.is_(None), changes.c.left_at > when),
+    )
+    return (
+        select(
+            deals.c.id,
+            deals.c.owner_id,
+            deals.c.pipeline,
+            changes.c.to_stage.label("stage"),
+            changes.c.at.label("entered"),
+            deals.c.amount,
+            deals.c.expected_close,
+        )
+        .select_from(deals.join(changes, stay))
+        .where(
+            deals.c.opened_at <= when,
+            or_(deals.c.closed_at.is_(None), deals.c.closed_at > when),
+            changes.c.to_stage.not_in(list(TERMINAL)),
+        )
+    )
+
+
 def carry_amount(s: Session, deal_id: int, amount: decimal.Decimal) -> None:
     """A deal's new amount, on the stay it is in (``deal_amount``; closed stays keep theirs)."""
     t = s.table("stage_changes")

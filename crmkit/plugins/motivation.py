@@ -428,47 +428,24 @@ def _weighted_pipeline(
     then (the pipeline's ``probability``, as the ``forecast`` report's weighted
     pipeline): one statement for everyone.
     """
-    from sqlalchemy import func, select
 
+    from crmkit.core.lifecycle import deals_open_at
     from crmkit.core.motivation import money
 
     deals = session.table("deals")
-    changes = session.table("stage_changes")
-    last = (
-        select(changes.c.entity_id, func.max(changes.c.at).label("at"))
-        .where(changes.c.entity == "deal", changes.c.at <= when)
-        .group_by(changes.c.entity_id)
-        .subquery("last_move")
-    )
-    move = changes.alias("move")
-    stmt = (
-        select(deals.c.owner_id, deals.c.id, deals.c.pipeline, move.c.to_stage, deals.c.amount)
-        .select_from(
-            deals.join(last, last.c.entity_id == deals.c.id).join(
-                move,
-                (move.c.entity == "deal")
-                & (move.c.entity_id == deals.c.id)
-                & (move.c.at == last.c.at),
-            )
-        )
-        .where(
-            deals.c.owner_id.in_(ids),
-            deals.c.opened_at <= when,
-            (deals.c.closed_at.is_(None)) | (deals.c.closed_at > when),
-            deals.c.expected_close >= period.start,
-            deals.c.expected_close < period.end,
-        )
+    stmt = deals_open_at(session, when).where(
+        deals.c.owner_id.in_(ids),
+        deals.c.expected_close >= period.start,
+        deals.c.expected_close < period.end,
     )
     pipelines = session.crm.pipelines
-    seen: set[int] = set()
     total: dict[int, Decimal] = defaultdict(lambda: Decimal("0.00"))
-    for owner, deal_id, flow_name, stage, amount in session.connection.execute(stmt):
-        flow = pipelines.get(flow_name)
-        if deal_id in seen or flow is None or stage in ("won", "lost"):
+    for row in session.connection.execute(stmt):
+        flow = pipelines.get(row.pipeline)
+        if flow is None:
             continue
-        seen.add(deal_id)
-        probability = next((s.probability for s in flow.stages if s.name == stage), None)
-        total[owner] += Decimal(amount) * Decimal(str(probability or 0.0))
+        probability = next((s.probability for s in flow.stages if s.name == row.stage), None)
+        total[row.owner_id] += Decimal(row.amount) * Decimal(str(probability or 0.0))
     return {owner: money(amount) for owner, amount in total.items()}
 
 

@@ -236,38 +236,15 @@ def _open_deals(
     session: Session, query: ReportQuery, pipeline: Pipeline, when: dt.datetime
 ) -> list[OpenDeal]:
     """The deals of ``pipeline`` open at ``when``, with their stage then (from the history)."""
+    from crmkit.core.lifecycle import deals_open_at
+
     deals = session.table("deals")
-    changes = session.table("stage_changes")
-    last = (
-        select(changes.c.entity_id, func.max(changes.c.at).label("at"))
-        .where(changes.c.entity == "deal", changes.c.at <= when)
-        .group_by(changes.c.entity_id)
-        .subquery("last_move")
-    )
-    move = changes.alias("move")
-    stmt = (
-        select(deals.c.id, move.c.to_stage, move.c.at, deals.c.amount, deals.c.expected_close)
-        .select_from(
-            deals.join(last, last.c.entity_id == deals.c.id).join(
-                move,
-                (move.c.entity == "deal")
-                & (move.c.entity_id == deals.c.id)
-                & (move.c.at == last.c.at),
-            )
-        )
-        .where(
-            deals.c.pipeline == pipeline.name,
-            deals.c.opened_at <= when,
-            (deals.c.closed_at.is_(None)) | (deals.c.closed_at > when),
-        )
-    )
+    stmt = deals_open_at(session, when).where(deals.c.pipeline == pipeline.name)
     stmt = scope.deals(session, stmt, query)
-    found: dict[int, OpenDeal] = {}
-    for deal_id, stage, at, amount, expected in session.connection.execute(stmt):
-        if stage in ("won", "lost"):
-            continue
-        found[deal_id] = OpenDeal(deal_id, stage, at, decimal.Decimal(amount), expected)
-    return list(found.values())
+    return [
+        OpenDeal(row.id, row.stage, row.entered, decimal.Decimal(row.amount), row.expected_close)
+        for row in session.connection.execute(stmt)
+    ]
 
 
 def _history(
