@@ -80,7 +80,18 @@ def seconds_between(dialect: str, start: Any, end: Any) -> Any:
         return cast(func.floor(extract("epoch", end)), BigInteger) - cast(
             func.floor(extract("epoch", start)), BigInteger
         )
+    if _SQLITE_UNIXEPOCH:  # SQLite 3.38+: the same whole seconds, without a string between
+        return func.unixepoch(end) - func.unixepoch(start)
     return cast(func.strftime("%s", end), Integer) - cast(func.strftime("%s", start), Integer)
+
+
+def _sqlite_has_unixepoch() -> bool:
+    import sqlite3
+
+    return sqlite3.sqlite_version_info >= (3, 38, 0)
+
+
+_SQLITE_UNIXEPOCH = _sqlite_has_unixepoch()
 
 
 def whole_seconds(start: dt.datetime, end: dt.datetime) -> int:
