@@ -304,7 +304,6 @@ def _lifecycle_tables(metadata: MetaData) -> None:
         Column("deal_opened_at", UTCDateTime, nullable=True),
     )
     Index("ix_stage_changes_entity", changes.c.entity, changes.c.entity_id, changes.c.at)
-    Index("ix_stage_changes_pipeline_at", changes.c.pipeline, changes.c.at)
     c = changes.c  # the funnel's covering indexes: stays by entry, exit, length; losses
     Index(
         "ix_stage_changes_stays_in",
