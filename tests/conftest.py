@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from crmkit import hookimpl
+
 
 @pytest.fixture
 def fake_distribution(
@@ -52,3 +54,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+class QuickPipeline:
+    """A deal pipeline ``quick`` of one stage, ``talk``: deals open and close at will."""
+
+    @hookimpl
+    def crmkit_pipelines(self) -> list[dict[str, object]]:
+        return [{"name": "quick", "stages": [{"name": "talk"}]}]
+
+
+@pytest.fixture
+def quick_pipeline(register_plugin: Callable[..., object]) -> None:
+    """Register :class:`QuickPipeline` on the test's deployment (``crm``)."""
+    register_plugin(QuickPipeline())

@@ -25,8 +25,6 @@ import datetime as dt
 
 import pytest
 
-from crmkit import hookimpl
-
 UTC = dt.UTC
 
 
@@ -34,15 +32,8 @@ def at(year: int, month: int, day: int) -> dt.datetime:
     return dt.datetime(year, month, day, 12, tzinfo=UTC)
 
 
-class Quick:
-    @hookimpl
-    def crmkit_pipelines(self):
-        return [{"name": "quick", "stages": [{"name": "talk"}]}]
-
-
 @pytest.fixture
-def data(crm, register_plugin):
-    register_plugin(Quick())
+def data(crm, quick_pipeline):
     with crm.session() as s:
         s.users.add("anna", role="manager")
         s.users.add("boris", role="manager")

@@ -34,8 +34,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from crmkit import hookimpl
-
 UTC = dt.UTC
 D = decimal.Decimal
 
@@ -44,15 +42,8 @@ def at(month: int, day: int, year: int = 2026) -> dt.datetime:
     return dt.datetime(year, month, day, 12, tzinfo=UTC)
 
 
-class Quick:
-    @hookimpl
-    def crmkit_pipelines(self):
-        return [{"name": "quick", "stages": [{"name": "talk"}]}]
-
-
 @pytest.fixture
-def data(crm, register_plugin):
-    register_plugin(Quick())
+def data(crm, quick_pipeline):
     with crm.session() as s:
         s.users.add("anna", role="manager")
         w0 = s.clients.create("W0", source="website", created_at=at(12, 20, 2025))
