@@ -42,12 +42,12 @@ import datetime as dt
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import add_deployment_options, deployment
 from sqlalchemy import bindparam, event, insert, text
 
 from crmkit.core.app import CRM
@@ -451,33 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interactions", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=50_000)
-    parser.add_argument("--database-url", help="A PostgreSQL database (default: SQLite).")
-    parser.add_argument(
-        "--postgres", action="store_true", help="Start a throwaway PostgreSQL server."
-    )
-    parser.add_argument(
-        "--keep", type=Path, help="Work in this folder and keep it (a second run reuses it)."
-    )
-    parser.add_argument("--check", action="store_true", help="Exit 1 when a target is missed.")
+    add_deployment_options(parser)
     args = parser.parse_args(argv)
 
     with contextlib.ExitStack() as stack:
-        if args.keep:
-            root = args.keep
-        else:
-            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="crmkit-kpis-"))
-            root = Path(scratch) / "crm"
-        url = args.database_url
-        if args.postgres:
-            from crmkit.testing_postgres import PostgresServer
-
-            server = stack.enter_context(PostgresServer(root.parent / "postgres"))
-            url = server.create_database("kpis_bench")
-        if (root / "crmkit.toml").is_file():
-            crm = CRM.open(root, entry_points=False)
-        else:
-            crm = build(root, url, args.interactions, args.batch)
-        stack.callback(crm.engine.dispose)
+        crm = deployment(
+            stack, args, "kpis", lambda root, url: build(root, url, args.interactions, args.batch)
+        )
         return measure(crm, args)
     return 0  # pragma: no cover
 
