@@ -445,6 +445,48 @@ def db_current(state: State, fmt: str) -> None:
         )
 
 
+# -- the HTTP server ---------------------------------------------------------------------
+@cli.command("serve")
+@click.option(
+    "--host", metavar="ADDRESS", help="Listen on this address ([server] host; 127.0.0.1)."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="Listen on this port ([server] port; 8000)."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+    help="uvicorn's log level; the access log is one JSON line per request at info.",
+)
+@pass_state
+def serve_command(state: State, host: str | None, port: int | None, log_level: str) -> None:
+    """Run the HTTP server: the core's routes (/health, /api/me) and every plugin's.
+
+    The server shares the deployment's database with the command line. It
+    needs the server extra: pip install 'crmkit[server]'.
+    """
+    try:
+        from crmkit import server
+    except ImportError as exc:
+        from crmkit.core.errors import DeploymentError
+
+        raise DeploymentError(
+            f"the HTTP server needs the server extra ({exc.name} is not installed): "
+            "pip install 'crmkit[server]'",
+            field="serve",
+        ) from None
+    crm = state.crm()
+    settings = crm.config.server
+    server.serve(
+        crm,
+        host=host or settings.get("host", "127.0.0.1"),
+        port=settings.get("port", 8000) if port is None else port,
+        log_level=log_level,
+    )
+
+
 # -- users and teams -------------------------------------------------------------------
 USER_COLUMNS = ["id", "login", "name", "role", "team", "active"]
 

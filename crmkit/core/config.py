@@ -35,6 +35,12 @@ database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
     [access]
     policies = ["policies.json"]  # policy documents, relative to the deployment folder
 
+    [server]                      # crmkit serve (the HTTP server)
+    host = "127.0.0.1"            # the address to listen on
+    port = 8000
+    public_url = "https://crm.example.com"   # the address clients reach it at
+    access_log = true             # one JSON line per request on stderr
+
     [plugin.NAME]                 # each plugin's own settings
 
 ``CRMKIT_DATABASE_URL`` overrides ``database.url`` (so a password need not
@@ -147,6 +153,16 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "policies": {"type": "array", "items": {"type": "string", "minLength": 1}},
             },
         },
+        "server": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "host": {"type": "string", "minLength": 1},
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "public_url": {"type": "string", "pattern": "^https?://[^/?#]+(/[^?#]*)?$"},
+                "access_log": {"type": "boolean"},
+            },
+        },
         "plugin": {"type": "object", "additionalProperties": {"type": "object"}},
     },
     "$defs": {
@@ -182,6 +198,20 @@ class Config:
     pipelines: dict[str, dict[str, Any]] = field(factory=dict)
     plugin_settings: dict[str, dict[str, Any]] = field(factory=dict)
     access_policies: tuple[str, ...] = ()
+    #: the ``[server]`` table (``host``, ``port``, ``public_url``, ``access_log``)
+    server: dict[str, Any] = field(factory=dict)
+
+    @property
+    def public_url(self) -> str:
+        """The address clients reach ``crmkit serve`` at, without a trailing slash.
+
+        ``[server] public_url``; by default ``http://HOST:PORT`` of ``[server]``.
+        """
+        url = self.server.get("public_url")
+        if url:
+            return str(url).rstrip("/")
+        host = self.server.get("host", "127.0.0.1")
+        return f"http://{host}:{self.server.get('port', 8000)}"
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> Config:
@@ -239,6 +269,7 @@ class Config:
             pipelines=data.get("pipelines", {}),
             plugin_settings=data.get("plugin", {}),
             access_policies=tuple(data.get("access", {}).get("policies", ())),
+            server=dict(data.get("server", {})),
         )
 
     def plugin(self, name: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import (
         Client,
         Deal,
+        Document,
         Interaction,
         InteractionKind,
         Invoice,
@@ -293,6 +294,36 @@ def crmkit_sample_client(session: Session, client: Client, random: Any) -> None:
     plugin's gates can be met (the segment plugin fills the needs card here).
     ``random`` is the sample's seeded :class:`random.Random`: use it, and the
     sample stays the same from run to run.
+    """
+
+
+@hookspec
+def crmkit_routes(crm: CRM) -> list[Any] | None:
+    """Register HTTP routes of ``crmkit serve``.
+
+    Return Starlette routes (``starlette.routing.Route``, ``Mount`` ...;
+    import Starlette inside the hook, so that the command line does not pay
+    for it). A handler finds the deployment as ``request.app.state.crm`` and
+    reads and writes through its sessions, like any other caller:
+    :func:`crmkit.server.session_for` opens one as the user of the request's
+    API token. Paths must not collide with the core's (``/health``,
+    ``/api/me``) nor with another plugin's; a collision is a
+    :class:`~crmkit.PluginError` when the application is built.
+    """
+
+
+@hookspec(firstresult=True)
+def crmkit_render_document(
+    session: Session, name: str, client_id: int, deal_id: int | None
+) -> Document | None:
+    """Render the document ``name`` (``"proposal"`` ...) for a client, and a deal.
+
+    The first plugin that knows the name answers with a
+    :class:`crmkit.Document`; the others return ``None``. A plugin that
+    refuses (the client's card is incomplete ...) raises a
+    :class:`~crmkit.ValidationError` naming what is missing. This is how a
+    plugin uses another's documents without importing it: the email
+    tracking plugin sends the segment plugin's proposal as a hosted link.
     """
 
 

@@ -463,3 +463,21 @@ class FollowUp:
     due_in_hours: float = 24
     steps: tuple[str, ...] = ()
     assignee: str | int | None = None  #: default: the user who logged the interaction
+
+
+@frozen
+class Document:
+    """A document rendered for a client (a commercial proposal ...), by a plugin.
+
+    ``html`` is a whole page; a document of several pages marks each with an
+    element carrying ``data-page="N"`` (``<section class="page" data-page="1">``),
+    which is how the email tracking plugin tells which page a reader is on.
+    ``text`` is a plain-text (Markdown) rendering, when the plugin has one.
+    """
+
+    name: str
+    title: str
+    html: str = field(repr=False)
+    text: str | None = field(default=None, repr=False)
+    client_id: int | None = None
+    deal_id: int | None = None

@@ -29,13 +29,13 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 from pluggy import HookImpl, Result
 
 from . import hookspecs
-from .errors import PluginError, Problem
+from .errors import NotFound, PluginError, Problem
 
 if TYPE_CHECKING:  # pragma: no cover
     import click
@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .access import Quota
     from .app import CRM
-    from .model import Client, Deal, Interaction, Invoice, Segment, StageChange, User
+    from .model import Client, Deal, Document, Interaction, Invoice, Segment, StageChange, User
     from .pipeline import Pipeline, Stage
     from .store import Session
 
@@ -294,6 +294,28 @@ class Plugins:
         self.pm.hook.crmkit_records_imported(
             session=session, kind=kind, inserted_ids=inserted_ids, updated_ids=updated_ids
         )
+
+    def routes(self, crm: CRM) -> list[tuple[Any, str]]:
+        """``(route, plugin name)`` pairs of every plugin's ``crmkit_routes``."""
+        pairs: list[tuple[Any, str]] = []
+        for impl in self.pm.hook.crmkit_routes.get_hookimpls():
+            result = impl.function(**({"crm": crm} if "crm" in impl.argnames else {}))
+            pairs.extend((route, impl.plugin_name) for route in result or ())
+        return pairs
+
+    def render_document(
+        self, session: Session, name: str, client_id: int, deal_id: int | None = None
+    ) -> Document:
+        """The document ``name`` for a client, from the first plugin that knows it.
+
+        :class:`NotFound` when no plugin renders documents of that name.
+        """
+        document = self.pm.hook.crmkit_render_document(
+            session=session, name=name, client_id=client_id, deal_id=deal_id
+        )
+        if document is None:
+            raise NotFound(f"no plugin renders a document called {name!r}", field="document")
+        return cast("Document", document)
 
     def _with_names(self, hook: Any) -> list[tuple[Any, str | None]]:
         """Call a registration hook plugin by plugin, keeping who returned what."""
