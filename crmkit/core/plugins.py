@@ -299,7 +299,7 @@ class Plugins:
         """``(route, plugin name)`` pairs of every plugin's ``crmkit_routes``."""
         pairs: list[tuple[Any, str]] = []
         for impl in self.pm.hook.crmkit_routes.get_hookimpls():
-            result = impl.function(**({"crm": crm} if "crm" in impl.argnames else {}))
+            result: Any = impl.function(**({"crm": crm} if "crm" in impl.argnames else {}))
             pairs.extend((route, impl.plugin_name) for route in result or ())
         return pairs
 
