@@ -15,7 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from crmkit import CRM, Session
 from crmkit.core.schema import build_metadata
 
-PLUGIN_TABLES = {"email_outbox", "email_events"}
+PLUGIN_TABLES = {
+    "email_outbox",
+    "email_events",
+    "email_views",
+    "email_page_time",
+    "email_documents",
+    "email_keys",
+}
 
 
 def only_plugin_tables(obj: Any, name: str | None, type_: str, reflected: bool, other: Any) -> bool:
@@ -98,25 +105,64 @@ def test_new_deployment_has_both_tables(crm: CRM) -> None:
         "token",
         "created_at",
         "sent_at",
+        "deal_id",
+        "from_address",
+        "links",
+        "document",
+        "rfc_message_id",
+        "claimed_by",
+        "claimed_at",
+        "interaction_id",
+        "opened_at",
+        "notified_at",
     ]
     nullable = {name for name, col in outbox.items() if col["nullable"]}
-    assert nullable == {"contact_id", "user_id", "last_error", "sent_at"}
-    assert events == {"id", "message_id", "kind", "at", "data"}
+    assert nullable == {
+        "contact_id",
+        "user_id",
+        "last_error",
+        "sent_at",
+        "deal_id",
+        "from_address",
+        "document",
+        "rfc_message_id",
+        "claimed_by",
+        "claimed_at",
+        "interaction_id",
+        "opened_at",
+        "notified_at",
+    }
+    assert events == {
+        "id",
+        "message_id",
+        "kind",
+        "at",
+        "data",
+        "classification",
+        "counted",
+        "link",
+        "page",
+        "view_id",
+    }
     assert fks["fk_email_outbox_client_id_clients"]["options"].get("ondelete") == "CASCADE"
     assert fks["fk_email_outbox_contact_id_contacts"]["options"].get("ondelete") == "SET NULL"
     assert fks["fk_email_outbox_user_id_users"]["referred_table"] == "users"
     assert indexes["ix_email_outbox_status_send_at"] == ["status", "send_at"]
     assert indexes["ix_email_outbox_client_id"] == ["client_id"]
     assert uniques == {"uq_email_outbox_token": ["token"]}
-    assert [
+    assert fks["fk_email_outbox_deal_id_deals"]["options"].get("ondelete") == "SET NULL"
+    assert sorted(
         (fk["name"], fk["referred_table"], fk["options"].get("ondelete")) for fk in event_fks
-    ] == [("fk_email_events_message_id_email_outbox", "email_outbox", "CASCADE")]
+    ) == [
+        ("fk_email_events_message_id_email_outbox", "email_outbox", "CASCADE"),
+        ("fk_email_events_view_id_email_views", "email_views", "CASCADE"),
+    ]
     assert event_indexes == {"ix_email_events_message_id": ["message_id"]}
 
 
 def test_email_tracking_branch_is_at_head(crm: CRM) -> None:
     status = {row["branch"]: row for row in crm.schema_status()}
-    assert status["email_tracking"]["current"] == "email_tracking_0001"
+    assert status["email_tracking"]["current"] == "email_tracking_0002"
     assert status["email_tracking"]["up_to_date"] is True
 
 

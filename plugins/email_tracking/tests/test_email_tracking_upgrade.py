@@ -49,7 +49,7 @@ def test_upgrade_adds_the_tables_and_keeps_the_data(old_deployment: CRM) -> None
         assert before["email_tracking"]["up_to_date"] is False
         crm.upgrade()
         after = {row["branch"]: row for row in crm.schema_status()}
-        assert after["email_tracking"]["current"] == "email_tracking_0001"
+        assert after["email_tracking"]["current"] == "email_tracking_0002"
         assert after["email_tracking"]["up_to_date"] is True
         assert tables(crm) >= PLUGIN_TABLES
         with crm.session() as s:
