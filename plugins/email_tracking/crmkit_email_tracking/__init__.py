@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from crmkit import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    import click
     from sqlalchemy import MetaData
 
 __version__ = "0.1.0"
@@ -43,3 +44,11 @@ def crmkit_migrations() -> list[dict[str, str]]:
 
     versions = Path(__file__).resolve().parent / "migrations" / "versions"
     return [{"branch": MIGRATION_BRANCH, "path": str(versions)}]
+
+
+@hookimpl
+def crmkit_cli(cli: click.Group) -> None:
+    """``crmkit email``: send, worker, list."""
+    from .cli import register
+
+    register(cli)
