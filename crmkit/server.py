@@ -51,6 +51,10 @@ access_logger = logging.getLogger("crmkit.access")
 #: The routes the core serves itself; plugins may not take these paths.
 CORE_PATHS = ("/health", "/api/me")
 
+#: The most bytes of request headers (``name: value`` lines) the server reads: beyond, 431.
+#: uvicorn's own limit (h11's 16 KB) applies only to headers that arrive in several reads.
+MAX_HEADER_BYTES = 32 * 1024
+
 
 def create_app(crm: CRM, *, access_log: bool | None = None) -> Starlette:
     """The ASGI application of a deployment: the core's routes and every plugin's.
@@ -94,10 +98,11 @@ def create_app(crm: CRM, *, access_log: bool | None = None) -> Starlette:
     app.state.crm = crm
     #: coroutines that plugins register to run when the server stops (flush a queue ...)
     app.state.on_shutdown = []
+    app.add_middleware(HeaderLimit)
     if access_log is None:
         access_log = bool(crm.config.server.get("access_log", True))
     if access_log:
-        app.add_middleware(AccessLog)
+        app.add_middleware(AccessLog)  # outermost: it logs the 431s too
     return app
 
 
@@ -149,7 +154,11 @@ def session_for(request: Request, *, readonly: bool = False) -> Iterator[Session
     the session's access policies apply exactly as on the command line.
     """
     crm: CRM = request.app.state.crm
-    with crm.session(token=bearer_token(request), readonly=readonly) as s:
+    try:
+        user = crm.authenticate(bearer_token(request))
+    except PermissionDenied as exc:  # an unknown, revoked or expired token: 401, not 403
+        raise PermissionDenied(exc.message, field="authorization") from None
+    with crm.session(as_user=user.id, readonly=readonly) as s:
         yield s
 
 
@@ -161,10 +170,9 @@ def client_ip(scope: Scope | Request) -> str | None:
 
 async def _crm_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, CrmError)
-    status = exc.http_status
     if isinstance(exc, PermissionDenied) and exc.field == "authorization":
-        status = 401
-    return JSONResponse(exc.to_dict(), status_code=status)
+        return JSONResponse(exc.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(exc.to_dict(), status_code=exc.http_status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -178,6 +186,27 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         "message": messages.get(exc.status_code, str(exc.detail)),
     }
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+class HeaderLimit:
+    """ASGI middleware: a 431 JSON error for headers larger than :data:`MAX_HEADER_BYTES`."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+            if size > self.limit:
+                message = (
+                    f"the request's headers are too large ({size} bytes; {self.limit} at most)"
+                )
+                body = {"error": "HTTPError", "field": None, "message": message}
+                response = JSONResponse(body, status_code=431, headers={"Connection": "close"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # -- the access log ------------------------------------------------------------------------
