@@ -328,6 +328,27 @@ def crmkit_render_document(
 
 
 @hookspec
+def crmkit_email_opened(
+    session: Session, message: dict[str, Any], first: bool, document: bool
+) -> None:
+    """Called when a client opens a tracked email (or its hosted document).
+
+    Called by the email tracking plugin (``crmkit-email-tracking``) on the
+    first open that counts (a person's, not a mail proxy's or a link
+    scanner's) and on a re-open after its ``reopen_gap_hours``; ``first``
+    tells which. ``document`` is true when the open was of the hosted
+    document (the proposal's pages). ``message`` is the row of
+    ``email_outbox`` (``id``, ``client_id``, ``deal_id``, ``user_id``,
+    ``template``, ``subject`` ...). ``session`` acts as the deal's owner (or
+    the message's sender), in the transaction that marks the message
+    notified: what the hook writes is kept only if it succeeds, and happens
+    once however many servers saw the open. The plugin's own handler gives
+    the owner a task ("call now") and logs an ``email`` interaction with the
+    outcome ``opened`` (or ``proposal_read``).
+    """
+
+
+@hookspec
 def crmkit_access_policies() -> list[dict[str, Any]] | None:
     """Register access policy documents (JSON, as dicts or JSON text).
 

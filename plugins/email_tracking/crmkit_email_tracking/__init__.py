@@ -1,11 +1,14 @@
-"""crmkit plugin: commercial proposals by email, with open and click tracking.
+"""crmkit plugin: commercial proposals by email, with open, click and reading tracking.
 
-For now the plugin owns its storage: the ``email_outbox`` table of messages
-to send (scheduled, with their delivery state and tracking token) and the
-``email_events`` table of what recipients did with them (opens, clicks,
-pages viewed). It registers the tables through :func:`crmkit_tables` and the
-Alembic branch ``email_tracking`` that creates them through
-:func:`crmkit_migrations`.
+* :func:`crmkit_tables` / :func:`crmkit_migrations`: the outbox, the events,
+  reading sessions, hosted documents and signing keys (Alembic branch
+  ``email_tracking``);
+* :func:`crmkit_routes`: the open pixel, tracked links and hosted documents
+  with their reading heartbeats (:mod:`.routes`);
+* :func:`crmkit_email_opened`: the built-in notice to the deal's owner
+  (:mod:`.notices`);
+* :func:`crmkit_interaction_kinds`: the ``email`` outcomes ``opened`` and
+  ``proposal_read``, which pipelines may use.
 
 crmkit imports this module on every command, ``--help`` included, so it
 imports only :data:`crmkit.hookimpl` here; SQLAlchemy is imported when a hook
@@ -14,7 +17,7 @@ is called.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crmkit import hookimpl
 
@@ -52,3 +55,27 @@ def crmkit_cli(cli: click.Group) -> None:
     from .cli import register
 
     register(cli)
+
+
+@hookimpl
+def crmkit_routes(crm: Any) -> list[Any]:
+    """The pixel, tracked links, hosted documents and heartbeats."""
+    from .routes import routes
+
+    return routes(crm)
+
+
+@hookimpl
+def crmkit_interaction_kinds() -> list[dict[str, Any]]:
+    """Add the tracked outcomes ``opened`` and ``proposal_read`` to ``email``."""
+    from .notices import OUTCOMES
+
+    return [{"name": "email", "title": "Email", "outcomes": OUTCOMES}]
+
+
+@hookimpl
+def crmkit_email_opened(session: Any, message: dict[str, Any], first: bool, document: bool) -> None:
+    """The built-in notice: a task for the owner to call now, and the open as an interaction."""
+    from .notices import on_opened
+
+    on_opened(session, message, first=first, document=document)

@@ -33,6 +33,7 @@ from attrs import frozen
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
+from crmkit import ConfigError
 from crmkit.core.schema import utcnow
 
 from .tables import KEYS
@@ -82,12 +83,16 @@ class Keys:
         self._read_at = time.monotonic()
 
     def signing_key(self) -> tuple[int, bytes]:
-        """The newest key (made on first use)."""
+        """The newest key (the plugin's migration makes the first one)."""
         with self._lock:
             if not self._keys:
                 self._reload()
             if not self._keys:
-                self.rotate()
+                raise ConfigError(
+                    "the deployment has no signing key for tracking links: "
+                    "make one with 'crmkit email keys rotate'",
+                    field="email_keys",
+                )
             kid = max(self._keys)
             return kid, self._keys[kid]
 

@@ -7,6 +7,8 @@ Depends on: crmkit_0002 (deals, interactions)
 Create Date: 2026-11-23
 """
 
+import datetime as dt
+import secrets
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -79,19 +81,28 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("message_id", name=op.f("pk_email_documents")),
     )
-    op.create_table(
+    keys = op.create_table(
         "email_keys",
         sa.Column("kid", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("secret", sa.String(64), nullable=False),
         sa.Column("created_at", TIMESTAMP, nullable=False),
         sa.PrimaryKeyConstraint("kid", name=op.f("pk_email_keys")),
     )
+    # The deployment's first signing key: made here, so that signing never has to write.
+    op.bulk_insert(
+        keys,
+        [
+            {
+                "kid": 1,
+                "secret": secrets.token_hex(32),
+                "created_at": dt.datetime.now(dt.UTC),
+            }
+        ],
+    )
     with op.batch_alter_table("email_outbox") as batch:
         batch.add_column(sa.Column("deal_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("from_address", sa.String(254), nullable=True))
-        batch.add_column(
-            sa.Column("links", JSON, nullable=False, server_default=sa.text("'[]'"))
-        )
+        batch.add_column(sa.Column("links", JSON, nullable=False, server_default=sa.text("'[]'")))
         batch.add_column(sa.Column("document", sa.String(100), nullable=True))
         batch.add_column(sa.Column("rfc_message_id", sa.String(255), nullable=True))
         batch.add_column(sa.Column("claimed_by", sa.String(100), nullable=True))

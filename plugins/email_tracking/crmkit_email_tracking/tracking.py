@@ -1,0 +1,294 @@
+"""Recording what recipients do: events in group commits, reading time, the owner's notice.
+
+**Events** (opens, clicks, document views) arrive many at a time and each
+must be stored before its request is answered. :class:`EventWriter` queues
+them and one task writes what has queued up in a single transaction (a
+*group commit*): a request waits for the commit that holds its event, so
+nothing answered is lost, and a burst of opens costs a few transactions
+instead of one each.
+
+**The owner's notice.** When a message is first opened by a person (an event
+that counts: see :mod:`~crmkit_email_tracking.classify`), or opened again
+after ``reopen_gap_hours``, the plugin calls the hook
+:func:`~crmkit.core.hookspecs.crmkit_email_opened` in a session of the
+deal's owner (or the sender). The built-in handler gives the owner a task to
+call the client now and logs an ``email`` interaction with the outcome
+``opened`` (``proposal_read`` when the hosted document was opened), which a
+pipeline's outcome rules may use to move the deal. A conditional update of
+``email_outbox.notified_at`` makes each notice happen once, however many
+servers record the same open.
+
+**Reading time.** :func:`record_beat` takes a page's heartbeat: the view
+session's token, a sequence number (a replayed beat is not counted twice),
+the page and the active seconds since the last beat, capped at twice the
+heartbeat interval and at the time that really passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, insert, or_, select, update
+
+from crmkit.core.schema import utcnow
+
+from . import settings
+from .tables import EVENTS, OUTBOX, PAGE_TIME, VIEWS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from crmkit import CRM
+
+log = logging.getLogger("crmkit.email_tracking")
+
+#: The most events one group commit writes.
+BATCH = 1000
+#: Kinds of event that count as the recipient opening the message.
+OPENING_KINDS = ("open", "page_view")
+
+
+def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[int]:
+    """Store ``events`` in one transaction; return the ids of messages to notify about.
+
+    Events of messages that no longer exist are dropped (their tokens
+    outlive them). The first counted open of a message sets ``opened_at``.
+    """
+    outbox = crm.metadata.tables[OUTBOX]
+    table = crm.metadata.tables[EVENTS]
+    ids = {e["message_id"] for e in events}
+    notify: list[int] = []
+    with crm.connect() as conn:
+        known = {
+            row.id: row
+            for row in conn.execute(
+                select(outbox.c.id, outbox.c.opened_at, outbox.c.notified_at).where(
+                    outbox.c.id.in_(ids)
+                )
+            )
+        }
+        rows = [e for e in events if e["message_id"] in known]
+        if not rows:
+            return []
+        conn.execute(insert(table), rows)
+        gap = dt.timedelta(hours=settings.load(crm).reopen_gap_hours)
+        firsts: dict[int, dt.datetime] = {}
+        for event in rows:
+            if event["counted"] and event["kind"] in OPENING_KINDS:
+                at = event["at"]
+                firsts[event["message_id"]] = min(at, firsts.get(event["message_id"], at))
+        for message_id, at in firsts.items():
+            message = known[message_id]
+            if message.opened_at is None:
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == message_id, outbox.c.opened_at.is_(None))
+                    .values(opened_at=at)
+                )
+            if message.notified_at is None or at - message.notified_at >= gap:
+                notify.append(message_id)
+    return notify
+
+
+def notify(crm: CRM, message_id: int, *, document: bool = False) -> bool:
+    """Tell the message's owner that the client opened it (once per open, or re-open).
+
+    Runs the hook ``crmkit_email_opened`` in a session of the deal's owner
+    (or, without a deal, the message's sender; else the deployment's
+    admin), in the transaction that marks the message notified. Returns
+    whether this call notified (another process may have just done it).
+    """
+    outbox = crm.metadata.tables[OUTBOX]
+    deals = crm.metadata.tables["deals"]
+    gap = dt.timedelta(hours=settings.load(crm).reopen_gap_hours)
+    with crm.connect(readonly=True) as conn:
+        row = conn.execute(
+            select(outbox, deals.c.owner_id.label("deal_owner_id"))
+            .select_from(outbox.outerjoin(deals, deals.c.id == outbox.c.deal_id))
+            .where(outbox.c.id == message_id)
+        ).first()
+    if row is None:
+        return False
+    owner = row.deal_owner_id or row.user_id
+    now = utcnow()
+    with crm.session(as_user=owner) as s:
+        done = s.connection.execute(
+            update(outbox)
+            .where(
+                outbox.c.id == message_id,
+                or_(outbox.c.notified_at.is_(None), outbox.c.notified_at <= now - gap),
+            )
+            .values(notified_at=now)
+        )
+        if done.rowcount != 1:
+            return False
+        message = dict(row._mapping)
+        message.pop("deal_owner_id", None)
+        first = row.notified_at is None
+        crm.plugins.pm.hook.crmkit_email_opened(
+            session=s, message=message, first=first, document=document
+        )
+    return True
+
+
+class EventWriter:
+    """Group commits of tracking events, for the asynchronous routes.
+
+    :meth:`record` queues an event and returns when the transaction that
+    stores it has committed. One task per event loop drains the queue, at
+    most :data:`BATCH` events per transaction, in a worker thread so that the
+    loop keeps answering meanwhile.
+    """
+
+    def __init__(self, crm: CRM) -> None:
+        self.crm = crm
+        self._queue: asyncio.Queue[tuple[dict[str, Any] | None, asyncio.Future[None]]] | None
+        self._queue = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def record(self, event: dict[str, Any]) -> None:
+        """Store ``event`` (columns of ``email_events``); return once it is committed."""
+        if self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        assert self._queue is not None
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, done))
+        await done
+
+    async def _run(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        assert self._queue is not None
+        queue = self._queue
+        stop: asyncio.Future[None] | None = None
+        while stop is None:
+            batch: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+            first = await queue.get()
+            for event, done in [first, *_drain(queue, BATCH - 1)]:
+                if event is None:  # close(): write what came before, then stop
+                    stop = done
+                else:
+                    batch.append((event, done))
+            if not batch:
+                continue
+            events = [event for event, _ in batch]
+            try:
+                to_notify = await run_in_threadpool(write_events, self.crm, events)
+            except Exception as exc:  # every waiter learns it; the writer goes on
+                log.exception("could not store %d tracking events", len(events))
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for message_id in to_notify:  # before answering: rare (once per message), and sure
+                document = any(
+                    e["message_id"] == message_id and e["kind"] == "page_view" for e in events
+                )
+                try:
+                    await run_in_threadpool(notify, self.crm, message_id, document=document)
+                except Exception:  # the event is stored; the notice is what failed
+                    log.exception("could not notify the owner of message %d", message_id)
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+        assert stop is not None
+        stop.set_result(None)
+
+    async def close(self) -> None:
+        """Write what is queued, then stop the task (a later event starts another)."""
+        if self._task is None or self._task.done() or self._queue is None:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((None, done))
+        await done
+        await self._task
+        self._task = None
+
+
+def _drain(queue: asyncio.Queue[Any], most: int) -> list[Any]:
+    """Up to ``most`` items that are already in ``queue``, without waiting."""
+    items = []
+    while len(items) < most and not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+# -- reading sessions --------------------------------------------------------------------
+def start_view(
+    crm: CRM, message_id: int, *, classification: str, data: dict[str, Any]
+) -> int | None:
+    """Open a reading session of the document of ``message_id``; its id (None: no message)."""
+    views = crm.metadata.tables[VIEWS]
+    now = utcnow()
+    minutes = settings.load(crm).view_minutes
+    with crm.connect() as conn:
+        outbox = crm.metadata.tables[OUTBOX]
+        if conn.execute(select(outbox.c.id).where(outbox.c.id == message_id)).first() is None:
+            return None
+        return int(
+            conn.execute(
+                insert(views)
+                .values(
+                    message_id=message_id,
+                    started_at=now,
+                    expires_at=now + dt.timedelta(minutes=minutes),
+                    last_seq=0,
+                    classification=classification,
+                    data=data,
+                )
+                .returning(views.c.id)
+            ).scalar_one()
+        )
+
+
+def record_beat(crm: CRM, view_id: int, *, seq: int, page: int, seconds: float) -> bool:
+    """Add a heartbeat's reading time to ``page`` of a view; whether it was counted.
+
+    Not counted: a replay (``seq`` not above the last one taken), a view
+    that expired or does not exist, a page the document does not have. The
+    seconds are capped at twice the heartbeat interval and at the time since
+    the previous beat (or the view's start) plus a second.
+    """
+    views = crm.metadata.tables[VIEWS]
+    page_time = crm.metadata.tables[PAGE_TIME]
+    documents = crm.metadata.tables["email_documents"]
+    interval = settings.load(crm).heartbeat_seconds
+    now = utcnow()
+    with crm.connect() as conn:
+        view = conn.execute(
+            select(views, documents.c.pages)
+            .select_from(views.outerjoin(documents, documents.c.message_id == views.c.message_id))
+            .where(views.c.id == view_id)
+        ).first()
+        if view is None or view.expires_at <= now or seq <= view.last_seq:
+            return False
+        if page > (view.pages or 1):
+            return False
+        since = (now - (view.last_beat_at or view.started_at)).total_seconds()
+        counted = max(0.0, min(float(seconds), 2 * interval, since + 1.0))
+        taken = conn.execute(
+            update(views)
+            .where(views.c.id == view_id, views.c.last_seq < seq)
+            .values(last_seq=seq, last_beat_at=now)
+        )
+        if taken.rowcount != 1:  # a concurrent beat with this number won
+            return False
+        added = conn.execute(
+            update(page_time)
+            .where(and_(page_time.c.view_id == view_id, page_time.c.page == page))
+            .values(seconds=page_time.c.seconds + counted, beats=page_time.c.beats + 1)
+        )
+        if added.rowcount == 0:
+            conn.execute(
+                insert(page_time).values(
+                    view_id=view_id,
+                    page=page,
+                    message_id=view.message_id,
+                    seconds=counted,
+                    beats=1,
+                )
+            )
+    return True
