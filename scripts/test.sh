@@ -19,6 +19,19 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 && ! command -v pg_ctl 
   fi
 fi
 
+# Debian's Chromium, for the tests that open mail and documents in a real browser
+# (headless, driven by Playwright; CRMKIT_CHROMIUM names another binary).
+if [ -z "${CRMKIT_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing Debian's chromium" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "scripts/test.sh: Chromium is missing; install it with: sudo apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+
 if ! "$PY" -m tox --version >/dev/null 2>&1; then
   "$PY" -m pip install --quiet --disable-pip-version-check 'tox>=4.11'
 fi
