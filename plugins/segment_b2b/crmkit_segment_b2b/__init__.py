@@ -13,6 +13,8 @@ What it registers, hook by hook (each documented in crmkit's hook reference):
 * :func:`crmkit_reports`: ``abcxyz``;
 * :func:`crmkit_client_details`: potential and needs in ``crmkit client show``;
 * :func:`crmkit_sample_client`: needs cards for ``crmkit init --sample``;
+* :func:`crmkit_render_document`: the ``proposal`` document, for other plugins
+  (the email tracking plugin sends it as a hosted link);
 * :func:`crmkit_startup`: checks the catalogue and the offer matrix.
 
 The Python API is importable from the package itself, loaded on first use::
@@ -38,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import click
     from sqlalchemy import MetaData
 
-    from crmkit import CRM, Client, Deal, Problem, Report, Segment, Session, Stage
+    from crmkit import CRM, Client, Deal, Document, Problem, Report, Segment, Session, Stage
 
 __version__ = "0.2.0"
 
@@ -170,3 +172,20 @@ def crmkit_sample_client(session: Session, client: Client, random: Any) -> None:
     from .sample import fill_needs
 
     fill_needs(session, client, random)
+
+
+@hookimpl
+def crmkit_render_document(
+    session: Session, name: str, client_id: int, deal_id: int | None
+) -> Document | None:
+    """``proposal``: the commercial proposal as a :class:`crmkit.Document`; other names: None.
+
+    Rendering it is preparing the proposal, as ``crmkit proposal render`` does:
+    the gate applies (:class:`ProposalRefused` names what is missing) and the
+    rendering is logged, which moves the deal to the proposal stage.
+    """
+    if name != "proposal":
+        return None
+    from .proposal import document
+
+    return document(session, client_id, deal_id=deal_id)

@@ -30,7 +30,7 @@ from .catalog import Product, recommend
 if TYPE_CHECKING:  # pragma: no cover
     from jinja2 import Environment
 
-    from crmkit import CRM, Problem, Session
+    from crmkit import CRM, Document, Problem, Session
 
 
 class ProposalRefused(ValidationError):
@@ -144,6 +144,29 @@ def render(
         interaction_id=interaction_id,
         moved_to=moved_to,
         refused=refused,
+    )
+
+
+def document(session: Session, client_id: int, *, deal_id: int | None = None) -> Document:
+    """The proposal as a :class:`crmkit.Document` (``crmkit_render_document``), rendered and logged.
+
+    The same workflow as :func:`render` (and ``crmkit proposal render``):
+    another plugin that sends the document prepares the proposal, so the
+    rendering is logged (``document`` / ``proposal`` / ``prepared``) and the
+    deal moves to the proposal stage through its gate. The HTML marks its
+    pages with ``data-page``; ``text`` is the Markdown rendering.
+    """
+    from crmkit import Document
+
+    proposal = render(session, client_id, deal_id=deal_id, log=True)
+    client = session.clients.get(client_id)
+    return Document(
+        name="proposal",
+        title=f"Commercial proposal for {client.name}",
+        html=proposal.html,
+        text=proposal.markdown,
+        client_id=client_id,
+        deal_id=deal_id,
     )
 
 

@@ -20,6 +20,7 @@ HOOKS = [
     "crmkit_cli",
     "crmkit_client_details",
     "crmkit_migrations",
+    "crmkit_render_document",
     "crmkit_reports",
     "crmkit_sample_client",
     "crmkit_segments",
