@@ -15,6 +15,17 @@ import pytest
 from crmkit.core.plugins import load_plugins
 
 
+#: The hooks the plugin implements, as ``crmkit plugins`` lists them.
+HOOKS = [
+    "crmkit_cli",
+    "crmkit_email_opened",
+    "crmkit_interaction_kinds",
+    "crmkit_migrations",
+    "crmkit_routes",
+    "crmkit_tables",
+]
+
+
 def test_version_matches_the_distribution() -> None:
     assert crmkit_email_tracking.__version__ == version("crmkit-email-tracking")
 
@@ -27,7 +38,7 @@ def test_registered_through_its_entry_point(monkeypatch: pytest.MonkeyPatch) -> 
     info = infos["email_tracking"]
     assert info["version"] == crmkit_email_tracking.__version__
     assert info["distribution"] == "crmkit-email-tracking"
-    assert info["hooks"] == ["crmkit_migrations", "crmkit_tables"]
+    assert info["hooks"] == HOOKS
     assert {
         "branch": "email_tracking",
         "path": crmkit_email_tracking.crmkit_migrations()[0]["path"],
@@ -47,8 +58,8 @@ def test_migrations_folder_ships_with_the_package() -> None:
 def test_import_is_cheap() -> None:
     code = (
         "import sys, crmkit_email_tracking; "
-        "print([m for m in ('sqlalchemy', 'alembic', 'crmkit.core.schema', "
-        "'crmkit_email_tracking.tables') if m in sys.modules])"
+        "print([m for m in ('sqlalchemy', 'alembic', 'crmkit.core.schema', 'jinja2', "
+        "'starlette', 'smtplib', 'crmkit_email_tracking.tables') if m in sys.modules])"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -68,4 +79,4 @@ def test_crmkit_plugins_command_lists_it(tmp_path: Path) -> None:
     )
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert rows["email_tracking"]["version"] == crmkit_email_tracking.__version__
-    assert rows["email_tracking"]["hooks"] == ["crmkit_migrations", "crmkit_tables"]
+    assert rows["email_tracking"]["hooks"] == HOOKS
