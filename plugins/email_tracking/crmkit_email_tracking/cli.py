@@ -87,7 +87,6 @@ def send_command(
     if document and no_document:
         raise ValidationError("give --document NAME or --no-document, not both", field="document")
     crm = state.crm()
-    outbox.ensure_key(crm)  # before the session: making the first key needs the write lock
     with state.session() as s:
         message = outbox.send(
             s,

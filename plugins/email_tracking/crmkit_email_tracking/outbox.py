@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 from attrs import field, fields, frozen
 from sqlalchemy import and_, insert, or_, select, update
 
-from crmkit.core.errors import CrmError, DeploymentError, NotFound, ValidationError
+from crmkit.core.errors import CrmError, NotFound, ValidationError
 from crmkit.core.schema import utcnow
 
 from . import settings
-from .tables import DOCUMENTS, KEYS, OUTBOX
+from .tables import DOCUMENTS, OUTBOX
 
 if TYPE_CHECKING:  # pragma: no cover
     from crmkit import CRM, Session
@@ -291,30 +291,6 @@ def count_pages(html: str) -> int:
 
 
 # -- queueing ----------------------------------------------------------------------------
-def ensure_key(crm: CRM) -> None:
-    """Make sure the deployment has a key to sign tracking links with (made on first use).
-
-    Call it outside any session: on SQLite, making the first key needs the
-    write lock that an open session holds. ``crmkit email send`` does.
-    """
-    from . import signing
-
-    signing.keys(crm).signing_key()
-
-
-def _check_key(session: Session) -> None:
-    table = session.table(KEYS)
-    if session.connection.execute(select(table.c.kid).limit(1)).first() is not None:
-        return
-    if session.connection.dialect.name == "sqlite":
-        raise DeploymentError(
-            "the deployment has no key to sign tracking links with yet: call "
-            "crmkit_email_tracking.outbox.ensure_key(crm) before opening the session "
-            "(crmkit email send does)",
-            field="email_keys",
-        )
-
-
 def _when(session: Session, at: Any, now: dt.datetime) -> dt.datetime:
     """``at`` checked: aware, not long past (a past time means now), not absurdly far ahead."""
     if at is None:
@@ -444,8 +420,6 @@ def send(
                 f"{exc.message}; send it without a document with --no-document (document=False)",
                 field="document",
             ) from None
-    if conf.tracking or rendered is not None:
-        _check_key(session)
     outbox = session.table(OUTBOX)
     with session.connection.begin_nested():  # a template error leaves nothing behind
         message_id = int(

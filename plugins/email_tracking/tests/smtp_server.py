@@ -27,6 +27,26 @@ from aiosmtpd.controller import Controller
 import crmkit
 
 
+def self_signed(folder: Any) -> tuple[Any, Any]:
+    """A certificate for 127.0.0.1 and its key, by the ``openssl`` command (None without it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        return None, None
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=localhost"]
+    command += ["-keyout", str(key), "-out", str(cert)]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    subprocess.run(
+        command,
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -69,7 +89,7 @@ class _Handler:
 class MailServer:
     """An SMTP server in a thread: ``with MailServer() as server: ... server.port``."""
 
-    def __init__(self, *, refuse_at: str = "RCPT") -> None:
+    def __init__(self, *, refuse_at: str = "RCPT", **server_kwargs: Any) -> None:
         self.lock = threading.Lock()
         self.messages: list[EmailMessage] = []
         self.envelopes: list[tuple[str, list[str]]] = []
@@ -78,7 +98,22 @@ class MailServer:
         self.refuse_at = refuse_at
         self.host = "127.0.0.1"
         self.port = free_port()
-        self.controller = Controller(_Handler(self), hostname=self.host, port=self.port)
+        self.logins: list[tuple[str, str]] = []
+        self.controller = Controller(
+            _Handler(self), hostname=self.host, port=self.port, **server_kwargs
+        )
+
+    def authenticator(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> Any:
+        """Accept the login ``sales`` with the password ``s3cret`` (and keep what was tried)."""
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login, password = data.login.decode(), data.password.decode()
+        self.logins.append((login, password))
+        return AuthResult(success=(login, password) == ("sales", "s3cret"))
 
     def __enter__(self) -> MailServer:
         self.controller.start()
@@ -169,6 +204,7 @@ def configure(
     backoff: float = 0.05,
     claim_minutes: float = 1,
     extra: str = "",
+    smtp_extra: str = "",
 ) -> Any:
     """Point the deployment at an SMTP server (short retries) and open it anew.
 
@@ -196,7 +232,7 @@ host = "127.0.0.1"
 port = {port}
 security = "{security}"
 timeout = 5
-
+{smtp_extra}
 [plugin.email_tracking.worker]
 max_attempts = {max_attempts}
 backoff_seconds = {backoff}
@@ -277,6 +313,5 @@ def queue(crm: Any, world: World, n: int = 1, **kwargs: Any) -> list[Any]:
     """Queue ``n`` intro messages to Acme as Anna."""
     from crmkit_email_tracking import outbox
 
-    outbox.ensure_key(crm)
     with crm.session(as_user="anna") as s:
         return [outbox.send(s, world.client_id, template="intro", **kwargs) for _ in range(n)]

@@ -34,7 +34,6 @@ def test_proposal_is_queued_then_delivered_with_tracking(
     mail_crm: Any, mail_server: MailServer, world: World
 ) -> None:
     crm = mail_crm
-    outbox.ensure_key(crm)
     with crm.session(as_user="anna") as s:
         message = outbox.send(
             s, world.client_id, template="proposal", deal_id=world.deal_id, contact_id=None
@@ -98,7 +97,6 @@ def test_links_are_tracked_and_text_made_from_html(
 
 
 def test_builtin_thank_you_without_document(mail_crm: Any, world: World) -> None:
-    outbox.ensure_key(mail_crm)
     with mail_crm.session(as_user="anna") as s:
         message = outbox.send(s, world.client_id, template="thank_you", deal_id=world.deal_id)
     assert message.document is None and message.subject == "Thank you, Acme"
@@ -139,7 +137,6 @@ def test_at_is_checked(mail_crm: Any, world: World) -> None:
 
 
 def test_recipient_and_access(mail_crm: Any, world: World) -> None:
-    outbox.ensure_key(mail_crm)
     with mail_crm.session() as s:
         s.users.add("boris", role="manager")
         other = s.clients.create("Other", email="x@other.example")
@@ -170,7 +167,6 @@ def test_template_error_in_python_leaves_nothing(mail_crm: Any, world: World) ->
     folder = mail_crm.config.root / "templates" / "email"
     (folder / "broken.subject.j2").write_text("Hi", "utf-8")
     (folder / "broken.html.j2").write_text("<p>Hi</p>\n<p>{{ nope }}</p>\n", "utf-8")
-    outbox.ensure_key(mail_crm)
     with mail_crm.session(as_user="anna") as s:
         with pytest.raises(ValidationError) as err:
             outbox.send(s, world.client_id, template="broken")
