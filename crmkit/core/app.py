@@ -52,6 +52,7 @@ class CRM:
         self.config = config
         self.plugins = plugins
         self._initialised = False
+        self._indexes_checked = False
 
     # -- opening ---------------------------------------------------------------
     @classmethod
@@ -420,6 +421,8 @@ class CRM:
         try:
             with self.connect(readonly=readonly) as conn:
                 session = Session(self, conn, self._session_user(conn, login))
+                if not self._indexes_checked:
+                    self._check_indexes(conn, session)
                 try:
                     yield session
                     if not readonly:  # in the transaction, last
@@ -452,6 +455,19 @@ class CRM:
             self._write_audit(session.user, session.audit_buffer, session)
         if session is not None:
             self._after_end(session)
+
+    def _check_indexes(self, conn: Any, session: Session) -> None:
+        """Once per CRM: indexes that an import killed midway left dropped come back.
+
+        One query in the first session's transaction; the indexes are created
+        after it ends (:func:`crmkit.core.indexes.check`), in a transaction of
+        their own.
+        """
+        from .indexes import check, stale_rows
+
+        self._indexes_checked = True
+        if stale_rows(self, conn):
+            session.after_end.append(check)
 
     def _after_end(self, session: Session) -> None:
         """Run the work a session left for after its transaction (``Session.after_end``)."""

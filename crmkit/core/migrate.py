@@ -107,6 +107,11 @@ def upgrade(crm: CRM, *, branch: str | None = None, revision: str = "head") -> N
             raise DatabaseError(f"cannot upgrade to {target!r}: {exc}", field="branch") from None
         if detached:
             conn.execute(version.insert(), [{"version_num": rev} for rev in detached])
+    if branch is None and revision == "head":
+        # indexes that an import killed midway left dropped (see crmkit.core.indexes)
+        from .indexes import check
+
+        check(crm)
 
 
 def _unknown_revisions(cfg: AlembicConfig, conn: Any) -> list[str]:

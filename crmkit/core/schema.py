@@ -99,6 +99,16 @@ def whole_seconds(start: dt.datetime, end: dt.datetime) -> int:
     return int(end.timestamp() // 1) - int(start.timestamp() // 1)
 
 
+#: the funnel's indexes of ``stage_changes``: a large deal import drops them and creates
+#: them again at its end (:mod:`crmkit.core.indexes`)
+FUNNEL_INDEXES = (
+    "ix_stage_changes_stays_in",
+    "ix_stage_changes_stays_out",
+    "ix_stage_changes_stay_seconds",
+    "ix_stage_changes_lost",
+)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -206,6 +216,18 @@ def core_metadata() -> MetaData:
         unique=True,
     )
     _plan_tables(metadata)
+    # indexes dropped for a bulk write, until they are created again (revision crmkit_0011)
+    Table(
+        "deferred_indexes",
+        metadata,
+        Column("name", String(200), primary_key=True),  # the index
+        Column("table_name", String(200), nullable=False),
+        Column("owner", String(32), nullable=False),  # a token of the work that dropped it
+        Column("host", String(255), nullable=False),  # where that work runs ...
+        Column("pid", Integer, nullable=False),  # ... and its process
+        Column("since", UTCDateTime, nullable=False),
+        Column("beat_at", UTCDateTime, nullable=False),  # its last sign of life
+    )
     return metadata
 
 
@@ -447,6 +469,7 @@ def build_metadata(plugins: Plugins | None = None) -> MetaData:
 
 
 __all__ = [
+    "FUNNEL_INDEXES",
     "NAMING_CONVENTION",
     "JSONType",
     "Text",

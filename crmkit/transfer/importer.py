@@ -42,18 +42,19 @@ import os
 import re
 import time
 import tomllib
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from attrs import define, field
-from sqlalchemy import Integer, String, func, select, text
+from sqlalchemy import Integer, String, func, inspect, select, text
 
 from crmkit.core.errors import ConfigError, ValidationError
 from crmkit.core.lifecycle import carry_amount
 from crmkit.core.model import best_segment
 from crmkit.core.pipeline import LOST, TERMINAL, WON
-from crmkit.core.schema import whole_seconds
+from crmkit.core.schema import FUNNEL_INDEXES, whole_seconds
 from crmkit.core.validation import (
     _EMAIL,
     _PHONE,
@@ -68,6 +69,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 KINDS = ("clients", "deals", "interactions")
 BATCH_SIZE = 5000
+#: A deals import drops the funnel's indexes of ``stage_changes`` after its first batch,
+#: and creates them again at its end, when the rest of the file should insert at least
+#: this many stage changes ...
+DEFER_MIN_CHANGES = 50_000
+#: ... and at least this share of the changes already stored (creating an index sorts
+#: the whole table; maintaining it costs a random write per change): see
+#: docs/performance.md, "What the stays cost an import"
+DEFER_SHARE = 0.25
 
 CLIENT_FIELDS = (
     "name",
@@ -155,6 +164,8 @@ class ImportResult:
     seconds: float = 0.0
     aborted: bool = False
     errors: list[RowError] = field(factory=list)  #: the first errors (all go to errors_to)
+    #: the indexes it dropped and created again at its end (a large deals import)
+    deferred_indexes: list[str] = field(factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -1027,6 +1038,7 @@ def import_file(
     encoding: str = "utf-8",
     file_format: str | None = None,
     progress: Callable[[ImportResult], None] | None = None,
+    defer_indexes: bool | None = None,
 ) -> ImportResult:
     """Import ``path`` (``kind``: clients, deals or interactions) into ``crm`` as ``as_user``.
 
@@ -1035,6 +1047,16 @@ def import_file(
     ``progress`` is called after every batch with the running totals.
     Raises :class:`ValidationError` for a file that cannot be read at all (and
     writes nothing); bad rows are reported in the result and in ``errors_to``.
+
+    ``defer_indexes`` (deals): whether to drop the funnel's indexes of
+    ``stage_changes`` after the first batch and create them again at the end.
+    None decides from the sizes (:data:`DEFER_MIN_CHANGES`,
+    :data:`DEFER_SHARE`), True always does it when there is more than one
+    batch, False never. See :mod:`crmkit.core.indexes` for what happens when
+    the import is killed before the end. With ``on_error="abort"`` the drop
+    and the creation are part of the import's one transaction, on SQLite only
+    (on PostgreSQL a dropped index would lock the table for every reader until
+    the end).
     """
     if kind not in KINDS:
         raise ValidationError(f"cannot import {kind!r} (one of: {', '.join(KINDS)})", field="kind")
@@ -1051,6 +1073,8 @@ def import_file(
     errors = _ErrorSink(errors_to)
     errors.header = columns
     started = time.perf_counter()
+    plan = _IndexPlan(kind, path, defer_indexes)
+    failed = True
     try:
         if on_error == "abort":
             _import_all_or_nothing(
@@ -1066,22 +1090,131 @@ def import_file(
                 errors,
                 progress,
                 started,
+                plan,
             )
         else:
             write = _WRITERS[kind]
             for batch in _batches(rows, batch_size):
                 with crm.session(as_user=as_user) as s:
+                    plan.before(s)
                     write(s, batch, columns, mapping, update_existing, result, errors, path)
+                    if plan.deferral is not None:
+                        plan.deferral.beat(s.connection)
                 errors.flush()
                 result.batches += 1
+                plan.after_first(crm, batch, result)
                 result.seconds = time.perf_counter() - started
                 if progress is not None:
                     progress(result)
+        failed = False
     finally:
         errors.close()
+        try:
+            plan.restore(result)
+        except Exception as exc:
+            if not failed:
+                raise
+            # the import's own error matters more; the indexes come back at the next session
+            warnings.warn(f"could not create the dropped indexes again: {exc}", stacklevel=2)
         result.seconds = time.perf_counter() - started
     result.errors = errors.first
     return result
+
+
+def _count_lines(path: str | os.PathLike[str]) -> int:
+    """The lines of a file (read in blocks: about 1 s per GB)."""
+    lines = 0
+    last = b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
+class _IndexPlan:
+    """Whether a deals import drops the funnel's indexes, decided after its first batch.
+
+    The first batch says how many stage changes a row of this file makes
+    (none when the file was imported already); the file's lines say how many
+    rows follow; the table's highest id says about how many changes are
+    stored. Per batch transactions (``on_error="skip"``) drop the indexes in
+    a transaction of their own (:func:`crmkit.core.indexes.defer`), listed so
+    that they come back even if the import is killed; the one transaction
+    of ``on_error="abort"`` drops them inside itself (SQLite only).
+    """
+
+    def __init__(self, kind: str, path: str | os.PathLike[str], defer: bool | None) -> None:
+        self.active = kind == "deals" and defer is not False
+        self.force = defer is True
+        self.path = path
+        self.first_id: int | None = None  #: highest id of stage_changes before the first batch
+        self.decided = False
+        self.deferral: Any = None  #: a crmkit.core.indexes.Deferral
+        self.dropped: list[Any] = []  #: the indexes dropped inside the one transaction
+
+    def before(self, s: Session) -> None:
+        if self.active and self.first_id is None:
+            self.first_id = self._last_id(s.connection, s.table("stage_changes"))
+
+    @staticmethod
+    def _last_id(conn: Any, table: Any) -> int:
+        return int(conn.execute(select(func.max(table.c.id))).scalar() or 0)
+
+    def wanted(self, conn: Any, table: Any, batch: list[tuple[int, Any]]) -> bool:
+        """Whether the rest of the file is worth dropping the indexes for."""
+        last = self._last_id(conn, table)
+        per_row = (last - (self.first_id or 0)) / len(batch)
+        remaining = max(0, _count_lines(self.path) - batch[-1][0]) * per_row
+        if self.force:
+            return remaining > 0
+        return remaining >= max(DEFER_MIN_CHANGES, DEFER_SHARE * last)
+
+    def after_first(self, crm: CRM, batch: list[tuple[int, Any]], result: ImportResult) -> None:
+        """After the first batch (committed): maybe drop the indexes, listed."""
+        if not self.active or self.decided:
+            return
+        self.decided = True
+        from crmkit.core.indexes import defer
+
+        with crm.connect(readonly=True) as conn:
+            if not self.wanted(conn, crm.metadata.tables["stage_changes"], batch):
+                return
+        self.deferral = defer(crm, "stage_changes", FUNNEL_INDEXES)
+
+    def drop_inside(self, s: Session, batch: list[tuple[int, Any]]) -> None:
+        """After the first batch of the one transaction: maybe drop the indexes in it."""
+        if not self.active or self.decided:
+            return
+        self.decided = True
+        conn = s.connection
+        if conn.dialect.name != "sqlite":
+            return
+        table = s.table("stage_changes")
+        if not self.wanted(conn, table, batch):
+            return
+        from crmkit.core.indexes import index_of
+
+        present = {ix["name"] for ix in inspect(conn).get_indexes("stage_changes")}
+        for name in FUNNEL_INDEXES:
+            index = index_of(s.crm, "stage_changes", name)
+            if index is not None and name in present:  # not dropped by another import
+                index.drop(conn)
+                self.dropped.append(index)
+
+    def create_inside(self, s: Session, result: ImportResult) -> None:
+        """At the end of the one transaction: create the indexes it dropped."""
+        for index in self.dropped:
+            index.create(s.connection)
+        result.deferred_indexes = [index.name for index in self.dropped]
+        self.dropped = []
+
+    def restore(self, result: ImportResult) -> None:
+        """At the end of the import: create the indexes again and unlist them."""
+        if self.deferral is not None:
+            deferral, self.deferral = self.deferral, None
+            deferral.restore()
+            result.deferred_indexes = list(deferral.names)
 
 
 def _require_columns(kind: str, columns: list[str], mapping: Mapping) -> None:
@@ -1136,6 +1269,7 @@ def _import_all_or_nothing(
     errors: _ErrorSink,
     progress: Callable[[ImportResult], None] | None,
     started: float,
+    plan: _IndexPlan,
 ) -> None:
     """One transaction for the whole file: the first bad row rolls it all back."""
 
@@ -1145,6 +1279,7 @@ def _import_all_or_nothing(
     write = _WRITERS[kind]
     try:
         with crm.session(as_user=as_user) as s:
+            plan.before(s)
             for batch in _batches(rows, batch_size):
                 # after the first bad row, the rest is only checked, so every bad row is listed
                 write(
@@ -1160,11 +1295,14 @@ def _import_all_or_nothing(
                 )
                 errors.flush()
                 result.batches += 1
+                if not result.rejected:
+                    plan.drop_inside(s, batch)
                 result.seconds = time.perf_counter() - started
                 if progress is not None:
                     progress(result)
             if result.rejected:
-                raise _Abort  # rolls the transaction back: nothing is written
+                raise _Abort  # rolls the transaction back: nothing is written (nor dropped)
+            plan.create_inside(s, result)
     except _Abort:
         result.aborted = True
         result.inserted = result.updated = result.unchanged = 0
