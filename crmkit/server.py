@@ -92,7 +92,11 @@ def create_app(crm: CRM, *, access_log: bool | None = None) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        exception_handlers={CrmError: _crm_error, HTTPException: _http_error},
+        exception_handlers={
+            CrmError: _crm_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,  # a bug: JSON too; the traceback goes to the server's log
+        },
         lifespan=lifespan,
     )
     app.state.crm = crm
@@ -186,6 +190,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         "message": messages.get(exc.status_code, str(exc.detail)),
     }
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    body = {
+        "error": "InternalError",
+        "field": None,
+        "message": "internal error (the server's log has the traceback)",
+    }
+    return JSONResponse(body, status_code=500)
 
 
 class HeaderLimit:
