@@ -138,7 +138,7 @@ def _environment(folder: Path) -> Any:
 
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
-        autoescape=lambda name: bool(name) and name.endswith(".html.j2"),
+        autoescape=lambda name: (name or "").endswith(".html.j2"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         auto_reload=True,
