@@ -60,11 +60,8 @@ PIPELINE_SCHEMA: dict[str, Any] = {
                     "probability": {"type": "number", "minimum": 0, "maximum": 1},
                     "days": {"type": "integer", "minimum": 1},
                     "gate": {"type": "object"},
-                    "marks": {
-                        "type": "array",
-                        "items": {"enum": ["mql", "sql", "proposal"]},
-                        "uniqueItems": True,
-                    },
+                    # mql, sql, proposal: what reports count; other names are plugins' marks
+                    "marks": {"type": "array", "items": _NAME, "uniqueItems": True},
                 },
             },
         },

@@ -8,7 +8,8 @@
 * :func:`crmkit_email_opened`: the built-in notice to the deal's owner
   (:mod:`.notices`);
 * :func:`crmkit_interaction_kinds`: the ``email`` outcomes ``opened`` and
-  ``proposal_read``, which pipelines may use.
+  ``proposal_read``, which pipelines may use;
+* :func:`crmkit_check_stage_entry`: the ``proposal_read`` gate (:mod:`.gate`).
 
 crmkit imports this module on every command, ``--help`` included, so it
 imports only :data:`crmkit.hookimpl` here; SQLAlchemy is imported when a hook
@@ -79,3 +80,13 @@ def crmkit_email_opened(session: Any, message: dict[str, Any], first: bool, docu
     from .notices import on_opened
 
     on_opened(session, message, first=first, document=document)
+
+
+@hookimpl
+def crmkit_check_stage_entry(session: Any, stage: Any, deal: Any) -> list[Any]:
+    """The ``proposal_read`` gate: a stage so marked needs the deal's proposal read."""
+    from .gate import MARK, read_problems
+
+    if deal is None or MARK not in stage.marks:
+        return []
+    return read_problems(session, deal)

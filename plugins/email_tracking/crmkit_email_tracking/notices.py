@@ -26,22 +26,32 @@ OUTCOMES = {"opened": "Opened (tracked)", "proposal_read": "Read the proposal (t
 
 def task_title(message: dict[str, Any], *, first: bool, document: bool) -> str:
     """The title of the owner's task."""
-    what = "the proposal" if document or message.get("document") else "your email"
+    if document:
+        what = "read the proposal"
+    elif message.get("document"):
+        what = "opened the proposal email"
+    else:
+        what = "opened your email"
     again = "" if first else " again"
-    return f"The client opened {what}{again}: call now ({message['subject']})"
+    return f"The client {what}{again}: call now ({message['subject']})"
 
 
 def on_opened(session: Session, message: dict[str, Any], first: bool, document: bool) -> None:
-    """Give the owner a task to call now, and log the open as an interaction."""
+    """Give the owner a task to call now, and log the open as an interaction.
+
+    Reading the document right after opening the mail is one occasion to
+    call, not two: a reading gets a task only when no open was told before.
+    """
     client_id = message["client_id"]
     deal_id = message.get("deal_id")
-    session.tasks.add(
-        task_title(message, first=first, document=document),
-        due=utcnow() + CALL_WITHIN,
-        client_id=client_id,
-        deal_id=deal_id,
-        steps=["Call the client while the proposal is fresh", "Log the call and its outcome"],
-    )
+    if not (document and message.get("notified_at") is not None):
+        session.tasks.add(
+            task_title(message, first=first, document=document),
+            due=utcnow() + CALL_WITHIN,
+            client_id=client_id,
+            deal_id=deal_id,
+            steps=["Call the client while the proposal is fresh", "Log the call and its outcome"],
+        )
     topic = "proposal" if (document or message.get("document")) else "followup"
     session.interactions.log(
         client_id,

@@ -112,6 +112,8 @@ def define_tables(metadata: MetaData) -> tuple[Table, ...]:
         # The first open that counts (a person's), and the last notification of the owner.
         Column("opened_at", UTCDateTime, nullable=True),
         Column("notified_at", UTCDateTime, nullable=True),
+        # The first reading of the hosted document that counts (its owner was told).
+        Column("read_at", UTCDateTime, nullable=True),
     )
     # The sender's query: the queued messages that are due, oldest first.
     Index("ix_email_outbox_status_send_at", outbox.c.status, outbox.c.send_at)

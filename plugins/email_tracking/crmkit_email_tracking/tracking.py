@@ -50,8 +50,8 @@ BATCH = 1000
 OPENING_KINDS = ("open", "page_view")
 
 
-def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[int]:
-    """Store ``events`` in one transaction; return the ids of messages to notify about.
+def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+    """Store ``events`` in one transaction; return the notices to give: ``(message id, document)``.
 
     Events of messages that no longer exist are dropped (their tokens
     outlive them). The first counted open of a message sets ``opened_at``.
@@ -59,14 +59,14 @@ def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[int]:
     outbox = crm.metadata.tables[OUTBOX]
     table = crm.metadata.tables[EVENTS]
     ids = {e["message_id"] for e in events}
-    notify: list[int] = []
+    notices: dict[int, bool] = {}
     with crm.connect() as conn:
         known = {
             row.id: row
             for row in conn.execute(
-                select(outbox.c.id, outbox.c.opened_at, outbox.c.notified_at).where(
-                    outbox.c.id.in_(ids)
-                )
+                select(
+                    outbox.c.id, outbox.c.opened_at, outbox.c.notified_at, outbox.c.read_at
+                ).where(outbox.c.id.in_(ids))
             )
         }
         rows = [e for e in events if e["message_id"] in known]
@@ -76,29 +76,34 @@ def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[int]:
         gap = dt.timedelta(hours=settings.load(crm).reopen_gap_hours)
         firsts: dict[int, dt.datetime] = {}
         for event in rows:
-            if event["counted"] and event["kind"] in OPENING_KINDS:
-                at = event["at"]
-                firsts[event["message_id"]] = min(at, firsts.get(event["message_id"], at))
-        for message_id, at in firsts.items():
+            if not (event["counted"] and event["kind"] in OPENING_KINDS):
+                continue
+            message_id, at = event["message_id"], event["at"]
+            firsts[message_id] = min(at, firsts.get(message_id, at))
             message = known[message_id]
-            if message.opened_at is None:
+            if event["kind"] == "page_view" and message.read_at is None:
+                notices[message_id] = True  # the first reading of the document: always told
+            elif message.notified_at is None or at - message.notified_at >= gap:
+                notices.setdefault(message_id, False)
+        for message_id, at in firsts.items():
+            if known[message_id].opened_at is None:
                 conn.execute(
                     update(outbox)
                     .where(outbox.c.id == message_id, outbox.c.opened_at.is_(None))
                     .values(opened_at=at)
                 )
-            if message.notified_at is None or at - message.notified_at >= gap:
-                notify.append(message_id)
-    return notify
+    return list(notices.items())
 
 
 def notify(crm: CRM, message_id: int, *, document: bool = False) -> bool:
-    """Tell the message's owner that the client opened it (once per open, or re-open).
+    """Tell the message's owner that the client opened it, or read its document.
 
     Runs the hook ``crmkit_email_opened`` in a session of the deal's owner
     (or, without a deal, the message's sender; else the deployment's
-    admin), in the transaction that marks the message notified. Returns
-    whether this call notified (another process may have just done it).
+    admin), in the transaction that marks the message notified (and, for
+    ``document``, read): an open is told once, and again after the re-open
+    gap; the first reading of the document is told once. Returns whether
+    this call notified (another process may have just done it).
     """
     outbox = crm.metadata.tables[OUTBOX]
     deals = crm.metadata.tables["deals"]
@@ -113,20 +118,21 @@ def notify(crm: CRM, message_id: int, *, document: bool = False) -> bool:
         return False
     owner = row.deal_owner_id or row.user_id
     now = utcnow()
-    with crm.session(as_user=owner) as s:
-        done = s.connection.execute(
-            update(outbox)
-            .where(
-                outbox.c.id == message_id,
-                or_(outbox.c.notified_at.is_(None), outbox.c.notified_at <= now - gap),
-            )
-            .values(notified_at=now)
+    if document:
+        claim = update(outbox).where(outbox.c.id == message_id, outbox.c.read_at.is_(None))
+        claim = claim.values(read_at=now, notified_at=now)
+    else:
+        claim = update(outbox).where(
+            outbox.c.id == message_id,
+            or_(outbox.c.notified_at.is_(None), outbox.c.notified_at <= now - gap),
         )
-        if done.rowcount != 1:
+        claim = claim.values(notified_at=now)
+    with crm.session(as_user=owner) as s:
+        if s.connection.execute(claim).rowcount != 1:
             return False
         message = dict(row._mapping)
         message.pop("deal_owner_id", None)
-        first = row.notified_at is None
+        first = (row.read_at if document else row.notified_at) is None
         crm.plugins.pm.hook.crmkit_email_opened(
             session=s, message=message, first=first, document=document
         )
@@ -183,10 +189,7 @@ class EventWriter:
                     if not done.done():
                         done.set_exception(exc)
                 continue
-            for message_id in to_notify:  # before answering: rare (once per message), and sure
-                document = any(
-                    e["message_id"] == message_id and e["kind"] == "page_view" for e in events
-                )
+            for message_id, document in to_notify:  # before answering: rare, and sure
                 try:
                     await run_in_threadpool(notify, self.crm, message_id, document=document)
                 except Exception:  # the event is stored; the notice is what failed

@@ -176,9 +176,9 @@ def test_send_deliver_open_read_notify(
         with sender.session(as_user="anna") as s:
             tasks = s.tasks.list()
             logged = s.interactions.list()
-        assert len(tasks) == 1
-        assert tasks[0].title.startswith("The client opened the proposal: call now")
+        assert len(tasks) == 1  # opening the mail, then reading: one occasion to call
+        assert tasks[0].title.startswith("The client opened the proposal email: call now")
         assert tasks[0].deal_id == deal.id
         outcomes = sorted(i.outcome for i in logged if i.kind == "email")
-        assert outcomes == ["opened", "sent"]
+        assert outcomes == ["opened", "proposal_read", "sent"]
         sender.close()

@@ -21,6 +21,7 @@ from crmkit_email_tracking.instrument import document_url, instrument
 from crmkit_email_tracking.routes import PIXEL
 from sqlalchemy import insert, select, update
 
+import crmkit
 from crmkit import CRM
 from crmkit.core.schema import utcnow
 from crmkit.server import create_app
@@ -144,7 +145,7 @@ def test_pixel_records_a_human_open_and_notifies_the_owner(deployment: CRM, serv
     assert event["data"]["ip"] == "127.0.0.0"  # truncated by default
     assert event["data"]["user_agent"] == BROWSER
     [task] = tasks_of(deployment)
-    assert task.title.startswith("The client opened the proposal: call now")
+    assert task.title.startswith("The client opened the proposal email: call now")
     assert task.deal_id is not None
     with deployment.session(as_user="anna") as s:
         logged = s.interactions.list()
@@ -385,3 +386,58 @@ def test_concurrent_opens_are_each_recorded_once(deployment: CRM, server: str) -
     assert request(f"{server}/health").status == 200
     # each message notified its owner once (the first open), however many opens came at once
     assert len(tasks_of(deployment)) == len(messages)
+
+
+# -- the open as an outcome, and the proposal_read gate -------------------------------------
+class Offers:
+    """A pipeline whose negotiation waits for the proposal to be read, and moves when it is."""
+
+    @crmkit.hookimpl
+    def crmkit_pipelines(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": "offers",
+                "stages": [
+                    {"name": "talk"},
+                    {"name": "negotiation", "marks": ["proposal_read"]},
+                ],
+                "rules": [{"kind": "email", "outcome": "proposal_read", "move_to": "negotiation"}],
+            }
+        ]
+
+
+def test_reading_the_proposal_moves_the_deal_through_its_gate(
+    crm: CRM, register_plugin: Any
+) -> None:
+    register_plugin(Offers())
+    with crm.session() as s:
+        s.users.add("anna", role="manager", name="Anna Petrova")
+    with crm.session(as_user="anna") as s:
+        client = s.clients.create("Acme", email="buyer@acme.example", owner="anna")
+        deal = s.deals.open(client.id, pipeline="offers", title="Offer")
+        with pytest.raises(crmkit.ValidationError, match="has not read the proposal"):
+            s.deals.move(deal.id, "negotiation")
+    opened = configure(crm, "[plugin.email_tracking]\n")
+    try:
+        message = sent_message(opened)
+        with serve_app(create_app(opened, access_log=False)) as base:
+            # opening the mail is not reading the proposal: the deal stays
+            request(base + path_of(message["html"], "o"), headers={"User-Agent": BROWSER})
+            with opened.session(as_user="anna") as s:
+                assert s.deals.get(deal.id).stage == "talk"
+            # a link scanner fetching the proposal is not the client reading it
+            request(
+                base + path_of(message["html"], "p"),
+                method="GET",
+                headers={"User-Agent": "Mimecast"},
+            )
+            with opened.session(as_user="anna") as s:
+                assert s.deals.get(deal.id).stage == "talk"
+            page = request(base + path_of(message["html"], "p"), headers={"User-Agent": BROWSER})
+            assert page.status == 200
+        with opened.session(as_user="anna") as s:
+            assert s.deals.get(deal.id).stage == "negotiation"
+            outcomes = [i.outcome for i in s.interactions.list()]
+        assert sorted(outcomes) == ["opened", "proposal_read"]
+    finally:
+        opened.close()

@@ -14,9 +14,9 @@ import pytest
 
 from crmkit.core.plugins import load_plugins
 
-
 #: The hooks the plugin implements, as ``crmkit plugins`` lists them.
 HOOKS = [
+    "crmkit_check_stage_entry",
     "crmkit_cli",
     "crmkit_email_opened",
     "crmkit_interaction_kinds",

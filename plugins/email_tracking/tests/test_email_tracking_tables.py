@@ -115,6 +115,7 @@ def test_new_deployment_has_both_tables(crm: CRM) -> None:
         "interaction_id",
         "opened_at",
         "notified_at",
+        "read_at",
     ]
     nullable = {name for name, col in outbox.items() if col["nullable"]}
     assert nullable == {
@@ -131,6 +132,7 @@ def test_new_deployment_has_both_tables(crm: CRM) -> None:
         "interaction_id",
         "opened_at",
         "notified_at",
+        "read_at",
     }
     assert events == {
         "id",

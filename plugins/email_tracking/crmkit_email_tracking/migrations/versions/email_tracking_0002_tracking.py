@@ -110,6 +110,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("interaction_id", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("opened_at", TIMESTAMP, nullable=True))
         batch.add_column(sa.Column("notified_at", TIMESTAMP, nullable=True))
+        batch.add_column(sa.Column("read_at", TIMESTAMP, nullable=True))
         batch.create_foreign_key(
             op.f("fk_email_outbox_deal_id_deals"),
             "deals",
@@ -156,6 +157,7 @@ def downgrade() -> None:
         )
         batch.drop_constraint(op.f("fk_email_outbox_deal_id_deals"), type_="foreignkey")
         for name in (
+            "read_at",
             "notified_at",
             "opened_at",
             "interaction_id",
