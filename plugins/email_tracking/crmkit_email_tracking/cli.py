@@ -173,7 +173,12 @@ def worker_command(state: State, once: bool, poll: float, batch: int, fmt: str) 
             line += f": {outcome.reply}"
         click.echo(line)
 
-    done = outbox.run_worker(crm, once=once, poll=poll, limit=batch, on_outcome=report)
+    def trouble(error: Exception) -> None:
+        click.echo(f"Error: {error} (trying again in {poll:g}s)", err=True)
+
+    done = outbox.run_worker(
+        crm, once=once, poll=poll, limit=batch, on_outcome=report, on_error=trouble
+    )
     if fmt == "json":
         if once:
             emit([to_json(o) for o in done], fmt)

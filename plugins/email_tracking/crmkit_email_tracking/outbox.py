@@ -805,14 +805,19 @@ def run_worker(
     limit: int = 20,
     worker_id: str | None = None,
     on_outcome: Callable[[Outcome], None] | None = None,
+    on_error: Callable[[CrmError], None] | None = None,
     stop: threading.Event | None = None,
 ) -> list[Outcome]:
     """Deliver due messages until stopped (SIGTERM, Ctrl-C, ``stop``); what it did.
 
     ``once``: deliver what is due now (every batch of it), then return; a
     message retried meanwhile waits for a later run. Otherwise it looks for
-    due messages every ``poll`` seconds.
+    due messages every ``poll`` seconds, and a database that cannot be
+    reached (:class:`~crmkit.DatabaseError`) is reported to ``on_error`` and
+    tried again at the next poll instead of ending the worker.
     """
+    from crmkit.core.errors import DatabaseError
+
     stop = stop or threading.Event()
     worker_id = worker_id or new_worker_id()
     done: list[Outcome] = []
@@ -820,14 +825,22 @@ def run_worker(
     with _stop_on_signals(stop):
         try:
             while not stop.is_set():
-                batch = run_once(
-                    crm,
-                    worker_id=worker_id,
-                    limit=limit,
-                    now=start,
-                    on_outcome=on_outcome,
-                    stop=stop,
-                )
+                try:
+                    batch = run_once(
+                        crm,
+                        worker_id=worker_id,
+                        limit=limit,
+                        now=start,
+                        on_outcome=on_outcome,
+                        stop=stop,
+                    )
+                except DatabaseError as exc:
+                    if once:
+                        raise
+                    if on_error is not None:
+                        on_error(exc)
+                    stop.wait(poll)
+                    continue
                 done += batch
                 if len(batch) >= limit:
                     continue  # more may be due

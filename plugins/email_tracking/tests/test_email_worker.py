@@ -351,3 +351,32 @@ def test_worker_process_stops_on_sigterm(
     assert proc.returncode == 0, err
     assert "1 sent, 0 to retry, 0 failed" in err
     assert len(mail_server.messages) == 1
+
+
+def test_worker_outlives_a_database_outage(
+    mail_crm: Any, mail_server: MailServer, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crmkit import DatabaseError
+
+    queue(mail_crm, world)
+    real_claim = outbox.claim
+    calls: list[int] = []
+
+    def flaky(*args: Any, **kwargs: Any) -> list[int]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise DatabaseError("the database is restarting")
+        return real_claim(*args, **kwargs)
+
+    monkeypatch.setattr(outbox, "claim", flaky)
+    stop = threading.Event()
+    errors: list[Any] = []
+
+    def sent(outcome: Any) -> None:
+        stop.set()
+
+    done = outbox.run_worker(
+        mail_crm, poll=0.05, stop=stop, on_outcome=sent, on_error=errors.append
+    )
+    assert [str(e) for e in errors] == ["the database is restarting"]
+    assert [o.status for o in done] == ["sent"] and len(mail_server.messages) == 1
