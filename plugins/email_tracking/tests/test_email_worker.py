@@ -248,6 +248,38 @@ def test_starttls_and_login(reopen: Any, tmp_path: Any, monkeypatch: pytest.Monk
     assert server.logins == [("sales", "s3cret")] and len(server.messages) == 1
 
 
+def test_implicit_tls(reopen: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = smtp_server.self_signed(tmp_path)
+    if cert is None:
+        pytest.skip("no openssl command to make a certificate")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    with MailServer(ssl_context=context) as server:
+        crm = reopen(server.port, security="tls")
+        queue(crm, make_world(crm))
+        (outcome,) = outbox.run_worker(crm, once=True)
+    assert outcome.status == "sent", outcome
+    assert len(server.messages) == 1
+
+
+def test_untrusted_certificate_is_retried(
+    reopen: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = smtp_server.self_signed(tmp_path)
+    if cert is None:
+        pytest.skip("no openssl command to make a certificate")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)  # the system's CAs: not ours
+    with MailServer(tls_context=context, require_starttls=True) as server:
+        crm = reopen(server.port, security="starttls")
+        queue(crm, make_world(crm))
+        (outcome,) = outbox.run_worker(crm, once=True)
+    assert outcome.status == "retry" and outcome.reply.startswith("TLS failed")
+    assert server.messages == []
+
+
 def test_missing_password_variable_stops_the_worker(
     reopen: Any, mail_server: MailServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
