@@ -18,7 +18,7 @@ import click
 from crmkit.cli import WHEN_HELP, State, emit, format_option, limit_option, pass_state, show
 
 #: Modules of this package that add commands to :data:`email_group` when imported.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [".cli_tracking"]
 
 LIST_COLUMNS = [
     "id",
