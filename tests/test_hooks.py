@@ -783,3 +783,71 @@ def test_crmkit_read_quota_exceeded(crm, register_plugin, tmp_path):
         ):
             s.clients.get(two.id)
     assert calls == [("anna", "tight", 1, ["hanna"])]
+
+
+def test_crmkit_routes(crm, register_plugin):
+    """Routes are collected with the plugin's name; tests/test_server.py serves them."""
+    pytest.importorskip("starlette", reason="pip install -e '.[server]'")
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from crmkit.server import create_app
+
+    seen = []
+
+    class Plugin:
+        @hookimpl
+        def crmkit_routes(self, crm):
+            seen.append(crm)
+            return [Route("/ping", lambda request: PlainTextResponse("pong"))]
+
+    register_plugin(Plugin(), name="ping")
+    [(route, plugin)] = crm.plugins.routes(crm)
+    assert (route.path, plugin) == ("/ping", "ping")
+    assert seen == [crm]
+    app = create_app(crm)
+    assert "/ping" in [getattr(r, "path", None) for r in app.routes]
+
+    class Again:
+        @hookimpl
+        def crmkit_routes(self):
+            return [Route("/ping", lambda request: PlainTextResponse("pong"))]
+
+    register_plugin(Again(), name="again")
+    with pytest.raises(crmkit.PluginError, match="'/ping' is already served by ping"):
+        create_app(crm)
+
+
+def test_crmkit_render_document(crm, register_plugin):
+    """The first plugin that knows the name answers; no plugin knowing it is NotFound."""
+    calls = []
+
+    class Letters:
+        @hookimpl
+        def crmkit_render_document(self, name, client_id):
+            calls.append(("letters", name))
+            if name != "letter":
+                return None
+            return crmkit.Document(
+                name="letter", title="A letter", html="<p>Hi</p>", client_id=client_id
+            )
+
+    class Fallback:
+        @hookimpl(trylast=True)
+        def crmkit_render_document(self, session, name, client_id, deal_id):
+            calls.append(("fallback", name))
+            return None
+
+    register_plugin(Letters())
+    register_plugin(Fallback())
+    with crm.session() as s:
+        client = s.clients.create("Acme")
+        document = crm.plugins.render_document(s, "letter", client.id)
+        assert (document.name, document.title) == ("letter", "A letter")
+        assert document.client_id == client.id
+        assert document.text is None and document.deal_id is None
+        assert calls == [("letters", "letter")]  # firstresult: the fallback is not asked
+        with pytest.raises(crmkit.NotFound) as info:
+            crm.plugins.render_document(s, "invoice", client.id, None)
+    assert info.value.field == "document"
+    assert calls[1:] == [("letters", "invoice"), ("fallback", "invoice")]

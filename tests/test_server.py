@@ -320,6 +320,31 @@ def test_a_plugin_error_in_a_handler_is_json(crm: CRM, register_plugin: Callable
     assert body["message"] == "no client #42"
 
 
+def test_a_bug_in_a_handler_is_a_json_500_without_details(
+    crm: CRM, register_plugin: Callable[..., Any], access_log: AccessLines
+) -> None:
+    def broken(request: Request) -> JSONResponse:
+        raise RuntimeError(f"the detail {SECRET_IN_PATH} stays in the server's log")
+
+    class Broken:
+        @hookimpl
+        def crmkit_routes(self) -> list[Any]:
+            return [Route("/api/broken", broken)]
+
+    register_plugin(Broken(), name="broken")
+    with serve_app(create_app(crm)) as url:
+        reply = request(f"{url}/api/broken")
+        assert request(f"{url}/health").status == 200  # the server goes on
+    body = assert_error(reply, 500, "InternalError", None)
+    assert SECRET_IN_PATH not in reply.text and "RuntimeError" not in reply.text
+    assert "log" in body["message"]
+    access_log.wait_for(2)
+    assert [(line["route"], line["status"]) for line in access_log] == [
+        ("/api/broken", 500),
+        ("/health", 200),
+    ]
+
+
 # -- the access log --------------------------------------------------------------------------
 def test_access_log_names_route_templates_never_raw_paths(
     base_url: str, users: dict[str, str], access_log: AccessLines
@@ -348,6 +373,15 @@ def test_access_log_names_route_templates_never_raw_paths(
         assert isinstance(line["ms"], float | int) and line["ms"] >= 0
         assert "\n" not in raw
     assert access_log[0]["bytes"] == len(request(f"{base_url}/health").body)
+
+
+def test_access_log_trusts_a_proxy_on_the_same_host_only(
+    base_url: str, access_log: AccessLines
+) -> None:
+    """uvicorn's proxy headers: X-Forwarded-For counts from 127.0.0.1 (FORWARDED_ALLOW_IPS)."""
+    request(f"{base_url}/health", headers={"X-Forwarded-For": "203.0.113.7"})
+    access_log.wait_for(1)
+    assert access_log[0]["client"] == "203.0.113.7"
 
 
 def test_access_log_can_be_turned_off(crm: CRM, access_log: AccessLines) -> None:
@@ -554,3 +588,79 @@ def test_http_client_sees_a_keep_alive_connection(base_url: str) -> None:
             assert response.status == (404 if path == "/nothing" else 200)
     finally:
         conn.close()
+
+
+# -- the example plugin of docs/server.rst ------------------------------------------------------
+def test_the_documented_example_plugin(crm_factory: Callable[..., Any]) -> None:
+    """``docs/examples/crmkit_client_api.py``, served as docs/server.rst shows it."""
+    examples = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    sys.path.insert(0, str(examples))
+    try:
+        import crmkit_client_api
+    finally:
+        sys.path.remove(str(examples))
+    crm = crm_factory("api", plugins=[("client_api", crmkit_client_api)])
+    config = crm.config.root / "crmkit.toml"
+    config.write_text(
+        config.read_text("utf-8") + '\n[server]\npublic_url = "https://crm.example.com/"\n', "utf-8"
+    )
+    crm = CRM.open(crm.config.root, plugins=crm.plugins)
+    with crm.session() as s:
+        s.users.add("anna", name="Anna Petrova", role="manager")
+        s.users.add("boris", name="Boris Ivanov", role="manager")
+    with crm.session("anna") as s:
+        client = s.clients.create("Vostok Trade")
+        s.deals.open(client.id, pipeline="b2b", amount=500_000, title="Printers")
+        anna, _ = s.tokens.create("anna", name="laptop")
+    with crm.session("boris") as s:
+        boris, _ = s.tokens.create("boris", name="laptop")
+    with serve_app(create_app(crm)) as url:
+        reply = request(f"{url}/api/clients/{client.id}", headers=bearer(anna))
+        other = request(f"{url}/api/clients/{client.id}", headers=bearer(boris))
+        missing = request(f"{url}/api/clients/999", headers=bearer(anna))
+        not_a_number = request(f"{url}/api/clients/abc", headers=bearer(anna))
+        without = request(f"{url}/api/clients/{client.id}")
+    assert reply.status == 200, reply
+    assert reply.json() == {
+        "id": client.id,
+        "name": "Vostok Trade",
+        "segment": None,
+        "open_deals": [
+            {"id": 1, "stage": "qualification", "amount": "500000.00", "currency": "RUB"}
+        ],
+        "url": f"https://crm.example.com/api/clients/{client.id}",
+    }
+    shown = (examples.parent / "server.rst").read_text("utf-8")
+    assert reply.text in shown
+    assert other.status in (403, 404), other
+    assert other.text in shown
+    assert_error(missing, 404, "NotFound", other.json()["field"])
+    assert not_a_number.status == 404
+    assert_error(without, 401, "PermissionDenied", "authorization")
+
+
+def test_the_bodies_shown_in_the_docs_are_what_the_server_answers(
+    crm: CRM, users: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every JSON body that docs/server.rst shows for the core's routes, as the server sends it."""
+    shown = (Path(__file__).resolve().parents[1] / "docs" / "server.rst").read_text("utf-8")
+
+    def assert_shown(reply: Reply) -> None:
+        body = reply.text.replace(f'"version":"{__version__}"', '"version":"0.1.0"')
+        assert body in shown, body
+
+    with serve_app(create_app(crm)) as url:
+        assert_shown(request(f"{url}/health"))
+        assert_shown(request(f"{url}/api/me", headers=bearer(users["anna"])))
+        assert_shown(request(f"{url}/api/me"))
+        assert_shown(request(f"{url}/api/me", headers=bearer("crmk_nope")))
+        assert_shown(request(f"{url}/no/such/page"))
+        assert_shown(request(f"{url}/health", method="POST"))
+    assert (
+        '"error":"HTTPError","field":null,"message":"the request\'s headers are too large ('
+        in shown
+    )
+    assert '"message":"internal error (the server\'s log has the traceback)"}' in shown
+    monkeypatch.setenv("CRMKIT_DATABASE_URL", _unreachable_url(crm, tmp_path))
+    with serve_app(create_app(CRM.open(crm.config.root, plugins=crm.plugins))) as url:
+        assert_shown(request(f"{url}/health"))
