@@ -295,7 +295,16 @@ def configure_access_log(stream: Any = None) -> None:
 
 def serve(crm: CRM, *, host: str, port: int, log_level: str = "info") -> None:
     """Run the application under uvicorn until interrupted (``crmkit serve``)."""
-    import uvicorn
+    try:
+        import uvicorn
+    except ImportError as exc:  # Starlette alone: the same message as without either
+        from crmkit.core.errors import DeploymentError
+
+        raise DeploymentError(
+            f"the HTTP server needs the server extra ({exc.name} is not installed): "
+            "pip install 'crmkit[server]'",
+            field="serve",
+        ) from None
 
     app = create_app(crm)
     configure_access_log()
