@@ -560,6 +560,24 @@ def test_crmkit_serve_refuses_a_bad_server_setting(crm: CRM, invoke: Callable[..
     assert "server.port" in result.stderr
 
 
+@pytest.mark.parametrize("missing", ["starlette", "uvicorn"])
+def test_crmkit_serve_without_the_server_extra(crm: CRM, missing: str) -> None:
+    """Exit code 6 and what to install, whichever of the two is missing (not a traceback)."""
+    code = (
+        f"import runpy, sys; sys.modules[{missing!r}] = None; "
+        f"sys.argv = ['crmkit', '-C', {str(crm.config.root)!r}, 'serve']; "
+        "runpy.run_module('crmkit', run_name='__main__')"
+    )
+    env = {**os.environ, "CRMKIT_LOAD_PLUGINS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 6, done
+    assert done.stderr.startswith("Error: serve: the HTTP server needs the server extra (")
+    assert missing in done.stderr
+    assert done.stderr.rstrip().endswith("pip install 'crmkit[server]'")
+
+
 @pytest.mark.slow
 def test_a_port_in_use_is_a_clear_error(crm: CRM) -> None:
     with socket.socket() as busy:
