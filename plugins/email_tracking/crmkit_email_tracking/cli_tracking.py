@@ -85,9 +85,7 @@ def keys_list(state: State, fmt: str) -> None:
             select(table.c.kid, table.c.created_at).order_by(table.c.kid)
         ).all()
     newest = max((r.kid for r in rows), default=None)
-    data = [
-        {"kid": r.kid, "created_at": r.created_at, "signs": r.kid == newest} for r in rows
-    ]
+    data = [{"kid": r.kid, "created_at": r.created_at, "signs": r.kid == newest} for r in rows]
     show(data, fmt, crm.tz, columns=["kid", "created_at", "signs"])
 
 

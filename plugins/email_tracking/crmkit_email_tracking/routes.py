@@ -272,11 +272,17 @@ READING_SCRIPT = """
   var current = pages.length ? parseInt(pages[0].getAttribute("data-page"), 10) : 1;
   var seq = 0, active = 0, last = Date.now();
   function onScreen() {
-    var best = current, most = 0, height = window.innerHeight;
-    pages.forEach(function (el) {
-      var r = el.getBoundingClientRect();
-      var seen = Math.min(r.bottom, height) - Math.max(r.top, 0);
-      if (seen > most) { most = seen; best = parseInt(el.getAttribute("data-page"), 10); }
+    // the page under the reading line, which moves down the window as the
+    // reader scrolls down the document: a quarter down at the top, the bottom
+    // at the end, so that a last page too short to reach the top is read too
+    var height = window.innerHeight, best = current;
+    var room = document.documentElement.scrollHeight - height;
+    var progress = room > 0 ? Math.min(1, Math.max(0, window.scrollY / room)) : 0;
+    var line = height * (0.25 + 0.75 * progress) - 1;
+    pages.forEach(function (el) {  // the last page that begins above the line
+      if (el.getBoundingClientRect().top <= line) {
+        best = parseInt(el.getAttribute("data-page"), 10);
+      }
     });
     return best;
   }

@@ -144,9 +144,7 @@ def define_tables(metadata: MetaData) -> tuple[Table, ...]:
         Column("counted", Boolean, nullable=False, default=False, server_default=false()),
         Column("link", Integer, nullable=True),
         Column("page", Integer, nullable=True),
-        Column(
-            "view_id", Integer, ForeignKey(f"{VIEWS}.id", ondelete="CASCADE"), nullable=True
-        ),
+        Column("view_id", Integer, ForeignKey(f"{VIEWS}.id", ondelete="CASCADE"), nullable=True),
     )
     views = Table(
         VIEWS,
