@@ -90,3 +90,11 @@ def crmkit_check_stage_entry(session: Any, stage: Any, deal: Any) -> list[Any]:
     if deal is None or MARK not in stage.marks:
         return []
     return read_problems(session, deal)
+
+
+@hookimpl
+def crmkit_startup(crm: Any) -> None:
+    """Check ``[plugin.email_tracking]`` when the deployment opens (a ConfigError naming the key)."""
+    from .settings import load
+
+    load(crm)

@@ -22,6 +22,7 @@ HOOKS = [
     "crmkit_interaction_kinds",
     "crmkit_migrations",
     "crmkit_routes",
+    "crmkit_startup",
     "crmkit_tables",
 ]
 
