@@ -94,7 +94,7 @@ def crmkit_check_stage_entry(session: Any, stage: Any, deal: Any) -> list[Any]:
 
 @hookimpl
 def crmkit_startup(crm: Any) -> None:
-    """Check ``[plugin.email_tracking]`` when the deployment opens (a ConfigError naming the key)."""
+    """Check ``[plugin.email_tracking]`` at start-up: a ConfigError naming a wrong key."""
     from .settings import load
 
     load(crm)
