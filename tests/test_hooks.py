@@ -851,3 +851,26 @@ def test_crmkit_render_document(crm, register_plugin):
             crm.plugins.render_document(s, "invoice", client.id, None)
     assert info.value.field == "document"
     assert calls[1:] == [("letters", "invoice"), ("fallback", "invoice")]
+
+
+def test_crmkit_email_opened(crm, register_plugin):
+    """The email tracking plugin's event: called with every argument, taken by name."""
+    seen = []
+
+    class Chat:
+        @hookimpl
+        def crmkit_email_opened(self, message, document):
+            seen.append(("chat", message["id"], document))
+
+    class Journal:
+        @hookimpl
+        def crmkit_email_opened(self, session, message, first, document):
+            seen.append(("journal", session.user.login, first))
+
+    register_plugin(Chat())
+    register_plugin(Journal())
+    with crm.session() as s:
+        crm.plugins.pm.hook.crmkit_email_opened(
+            session=s, message={"id": 7, "client_id": 1}, first=True, document=False
+        )
+    assert sorted(seen) == [("chat", 7, False), ("journal", "admin", True)]

@@ -2,7 +2,8 @@
 
 Added to ``crmkit`` through the ``crmkit_cli`` hook (:func:`register`).
 Other modules of the plugin add their commands to :data:`email_group`
-(``@email_group.command("show")``); :func:`register` imports them.
+(``@email_group.command("show")``); this module imports them at its end, so
+the group is whole whoever imports it (``crmkit``, the docs' sphinx-click).
 
 Start-up stays light: Jinja2, SQLAlchemy and smtplib are imported inside the
 commands.
@@ -10,15 +11,11 @@ commands.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import click
 
 from crmkit.cli import WHEN_HELP, State, emit, format_option, limit_option, pass_state, show
-
-#: Modules of this package that add commands to :data:`email_group` when imported.
-COMMAND_MODULES: list[str] = [".cli_tracking"]
 
 LIST_COLUMNS = [
     "id",
@@ -41,8 +38,6 @@ def email_group() -> None:
 
 def register(cli: click.Group) -> None:
     """Add the ``email`` group (with every module's commands) to the root ``cli``."""
-    for name in COMMAND_MODULES:
-        importlib.import_module(name, __package__)
     cli.add_command(email_group)
 
 
@@ -188,3 +183,7 @@ def worker_command(state: State, once: bool, poll: float, batch: int, fmt: str) 
         f"{counts['sent']} sent, {counts['retry']} to retry, {counts['failed']} failed",
         err=not once,
     )
+
+
+# The other modules' commands join the group (they import it from here).
+from . import cli_tracking  # noqa: E402, F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from crmkit_email_tracking.cli_tracking import email_group
+from crmkit_email_tracking.cli import email_group
 from crmkit_email_tracking.settings import SETTINGS_SCHEMA
 from crmkit_email_tracking.tables import CLASSIFICATIONS
 
