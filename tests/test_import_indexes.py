@@ -300,3 +300,17 @@ def test_a_database_before_the_table_is_left_alone(clients):
         conn.exec_driver_sql("DROP TABLE deferred_indexes")
     assert indexes.listed(crm) == []
     assert indexes.repair(crm) == []
+
+
+def test_an_import_that_cannot_drop_them_keeps_them(clients, tmp_path, monkeypatch):
+    from crmkit.core.errors import DatabaseError
+
+    def locked(*args, **kwargs):
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(indexes, "defer", locked)
+    source = deals_csv(tmp_path / "deals.csv", 200)
+    with pytest.warns(UserWarning, match="kept the funnel's indexes"):
+        result = import_file(clients, "deals", source, batch_size=50, defer_indexes=True)
+    assert (result.inserted, result.deferred_indexes) == (200, [])
+    assert (present(clients), listed(clients)) == (ALL, [])

@@ -49,8 +49,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 from attrs import define, field
 from sqlalchemy import Integer, String, func, inspect, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
-from crmkit.core.errors import ConfigError, ValidationError
+from crmkit.core.errors import ConfigError, CrmError, ValidationError
 from crmkit.core.lifecycle import carry_amount
 from crmkit.core.model import best_segment
 from crmkit.core.pipeline import LOST, TERMINAL, WON
@@ -1180,7 +1181,10 @@ class _IndexPlan:
         with crm.connect(readonly=True) as conn:
             if not self.wanted(conn, crm.metadata.tables["stage_changes"], batch):
                 return
-        self.deferral = defer(crm, "stage_changes", FUNNEL_INDEXES)
+        try:
+            self.deferral = defer(crm, "stage_changes", FUNNEL_INDEXES)
+        except (SQLAlchemyError, CrmError) as exc:  # rolled back: the import keeps them
+            warnings.warn(f"kept the funnel's indexes (could not drop them: {exc})", stacklevel=2)
 
     def drop_inside(self, s: Session, batch: list[tuple[int, Any]]) -> None:
         """After the first batch of the one transaction: maybe drop the indexes in it."""
