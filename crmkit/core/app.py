@@ -33,6 +33,7 @@ from .store import AuditEntry, Session, _user
 
 if TYPE_CHECKING:  # pragma: no cover
     from .access import Policies
+    from .automation import Automation
     from .kpis import KPI
     from .motivation import Scheme
 
@@ -328,6 +329,13 @@ class CRM:
         return collect(self.plugins.motivation_schemes())
 
     @cached_property
+    def automation(self) -> Automation:
+        """The automation rules, actions and time triggers (:mod:`crmkit.core.automation`)."""
+        from .automation import Automation
+
+        return Automation(self)
+
+    @cached_property
     def access(self) -> Policies:
         """The access policies: plugins' (``crmkit_access_policies``), then ``[access] policies``.
 
@@ -358,6 +366,7 @@ class CRM:
             "kpis",
             "motivation_schemes",
             "access",
+            "automation",
         )
         for name in names:
             self.__dict__.pop(name, None)

@@ -41,6 +41,11 @@ database ``crmkit.db``. Keys (every one documented in ``docs/config.rst``):
     public_url = "https://crm.example.com"   # the address clients reach it at
     access_log = true             # one JSON line per request on stderr
 
+    [automation]                  # rules (crmkit automation)
+    max_depth = 5                 # how deep rules may trigger rules
+    as_user = "admin"             # who the scheduler acts as
+    [automation.rules.NAME]       # a rule: event or schedule, when, actions
+
     [plugin.NAME]                 # each plugin's own settings
 
 ``CRMKIT_DATABASE_URL`` overrides ``database.url`` (so a password need not
@@ -163,6 +168,16 @@ CONFIG_SCHEMA: dict[str, Any] = {
                 "access_log": {"type": "boolean"},
             },
         },
+        "automation": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "rules": {"type": "object", "additionalProperties": {"type": "object"}},
+                "max_depth": {"type": "integer", "minimum": 1, "maximum": 50},
+                "as_user": {"type": "string", "minLength": 1},
+                "lead_user": {"type": "string", "minLength": 1},
+            },
+        },
         "plugin": {"type": "object", "additionalProperties": {"type": "object"}},
     },
     "$defs": {
@@ -200,6 +215,8 @@ class Config:
     access_policies: tuple[str, ...] = ()
     #: the ``[server]`` table (``host``, ``port``, ``public_url``, ``access_log``)
     server: dict[str, Any] = field(factory=dict)
+    #: the ``[automation]`` table (``rules``, ``max_depth``, ``as_user``, ``lead_user``)
+    automation: dict[str, Any] = field(factory=dict)
 
     @property
     def public_url(self) -> str:
@@ -270,6 +287,7 @@ class Config:
             plugin_settings=data.get("plugin", {}),
             access_policies=tuple(data.get("access", {}).get("policies", ())),
             server=dict(data.get("server", {})),
+            automation=dict(data.get("automation", {})),
         )
 
     def plugin(self, name: str) -> dict[str, Any]:

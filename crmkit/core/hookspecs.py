@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .access import Quota, Resource
     from .app import CRM
+    from .automation import Action, Rule, TimeTrigger
     from .kpis import KPI
     from .model import (
         Client,
@@ -345,6 +346,47 @@ def crmkit_email_opened(
     once however many servers saw the open. The plugin's own handler gives
     the owner a task ("call now") and logs an ``email`` interaction with the
     outcome ``opened`` (or ``proposal_read``).
+    """
+
+
+@hookspec
+def crmkit_automation_rules() -> list[Rule | dict[str, Any]] | None:
+    """Register automation rules (:class:`crmkit.core.automation.Rule` or dicts).
+
+    A dict has the keys of ``[automation.rules.NAME]`` in ``crmkit.toml``
+    and a ``name``; a deployment's rule of the same name replaces a
+    plugin's. See :doc:`/automation`.
+    """
+
+
+@hookspec
+def crmkit_automation_actions() -> list[Action] | None:
+    """Register kinds of automation action (:class:`crmkit.core.automation.Action`).
+
+    An action has a name (what a rule's ``do`` says), a JSON Schema of its
+    parameters, checked when the deployment opens, and a function
+    ``run(context, params)`` that makes the change in ``context.session``
+    and returns a summary (``{"task": 12}``). Two plugins may not register
+    the same name.
+    """
+
+
+@hookspec
+def crmkit_automation_triggers() -> list[TimeTrigger] | None:
+    """Register time triggers (:class:`crmkit.core.automation.TimeTrigger`) for the scheduler.
+
+    ``find(session, now, params)`` yields ``(key, payload)`` for every
+    record that meets the condition now; the key names the occasion, so a
+    rule fires once per occasion however often the scheduler runs.
+    """
+
+
+@hookspec
+def crmkit_automation_events() -> list[str] | None:
+    """Declare the events a plugin raises (``crm.automation.fire(session, EVENT, ...)``).
+
+    Rules may name them in ``event``; the core's own are
+    :data:`crmkit.core.automation.EVENTS`.
     """
 
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "crmkit.plugins.access",
     "crmkit.plugins.analytics",
+    "crmkit.plugins.automation",
     "crmkit.plugins.channels",
     "crmkit.plugins.interactions",
     "crmkit.plugins.kpis",
@@ -294,6 +295,32 @@ class Plugins:
         self.pm.hook.crmkit_records_imported(
             session=session, kind=kind, inserted_ids=inserted_ids, updated_ids=updated_ids
         )
+
+    def automation_rules(self) -> list[tuple[Any, str | None]]:
+        """``(rule, plugin name)`` pairs (``crmkit_automation_rules``)."""
+        return self._with_names(self.pm.hook.crmkit_automation_rules)
+
+    def automation_actions(self) -> list[Any]:
+        """Every plugin's ``crmkit_automation_actions``, with the plugin's name set."""
+        return self._named(self.pm.hook.crmkit_automation_actions)
+
+    def automation_triggers(self) -> list[Any]:
+        """Every plugin's ``crmkit_automation_triggers``, with the plugin's name set."""
+        return self._named(self.pm.hook.crmkit_automation_triggers)
+
+    def automation_events(self) -> list[str]:
+        """The events plugins declare (``crmkit_automation_events``)."""
+        return [str(e) for e in _flatten(self.pm.hook.crmkit_automation_events())]
+
+    def _named(self, hook: Any) -> list[Any]:
+        import attrs
+
+        found = []
+        for item, plugin in self._with_names(hook):
+            if attrs.has(type(item)) and getattr(item, "plugin", "") is None:
+                item = attrs.evolve(item, plugin=plugin)
+            found.append(item)
+        return found
 
     def routes(self, crm: CRM) -> list[tuple[Any, str]]:
         """``(route, plugin name)`` pairs of every plugin's ``crmkit_routes``."""

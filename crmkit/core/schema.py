@@ -228,6 +228,22 @@ def core_metadata() -> MetaData:
         Column("since", UTCDateTime, nullable=False),
         Column("beat_at", UTCDateTime, nullable=False),  # its last sign of life
     )
+    # what automation rules did: one row per rule and event (revision crmkit_0012)
+    runs = Table(
+        "automation_runs",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("rule", String(63), nullable=False),
+        Column("event", String(63), nullable=False),
+        Column("event_key", String(200), nullable=False),  # the occasion: interaction:42 ...
+        Column("status", String(20), nullable=False),  # fired, failed, loop_limit
+        Column("at", UTCDateTime, nullable=False, default=utcnow),
+        Column("depth", Integer, nullable=False, default=1),
+        Column("results", JSONType, nullable=False, default=list),
+        Column("error", Text, nullable=True),
+    )
+    Index("uq_automation_runs_rule_event_key", runs.c.rule, runs.c.event_key, unique=True)
+    Index("ix_automation_runs_at", runs.c.at)
     return metadata
 
 
