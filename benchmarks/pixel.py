@@ -87,6 +87,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -351,8 +352,11 @@ def server_process(kind: str, root: Path, probe: str) -> Any:
 
 def fetch(url: str) -> tuple[int, bytes, dict[str, str]]:
     request = urllib.request.Request(url, headers={"User-Agent": BROWSER})
-    with urllib.request.urlopen(request, timeout=5) as reply:
-        return reply.status, reply.read(), {k.lower(): v for k, v in reply.headers.items()}
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, reply.read(), {k.lower(): v for k, v in reply.headers.items()}
+    except urllib.error.HTTPError as exc:  # e.g. a kept deployment that needs 'crmkit db upgrade'
+        raise SystemExit(f"GET {url}: {exc.code} {exc.read().decode(errors='replace')}") from None
 
 
 # -- the load -----------------------------------------------------------------------------
