@@ -20,7 +20,9 @@ team and the teams above it; else the admin), ``{"user": LOGIN}``, or
 ``{"team": NAME, "by": "workload" | "round_robin"}``: *workload* picks the
 active member with the fewest open tasks and open deals (ties: the one
 assigned longest ago, then the first by id); *round robin* the member after
-the one this rule chose last.
+the one this rule chose last. The team ``"actor"`` is the acting user's own
+team (``{"team": "actor", "by": "workload"}``: a colleague of whoever logged
+the call).
 """
 
 from __future__ import annotations
@@ -154,11 +156,25 @@ def assignee(context: Context, spec: Any) -> list[int]:
     if isinstance(spec, dict) and "user" in spec:
         return [s.users.get(spec["user"]).id]
     if isinstance(spec, dict) and "team" in spec:
-        members = _members(s, spec["team"])
+        members = _members(s, _actor_team(s) if spec["team"] == "actor" else spec["team"])
         if spec["by"] == "workload":
             return [_least_loaded(s, members)]
         return [_next_in_turn(context, members)]
     raise ValidationError(f"not an assignee: {spec!r}", field="assignee")
+
+
+def _actor_team(session: Session) -> str:
+    """The name of the acting user's team (the assignee ``{"team": "actor", ...}``)."""
+    user = session.user
+    if user.team_id is None:
+        raise ValidationError(
+            f"the acting user {user.login!r} is in no team, so the team 'actor' names none",
+            field="assignee",
+        )
+    teams = session.table("teams")
+    return str(
+        session.connection.execute(select(teams.c.name).where(teams.c.id == user.team_id)).scalar()
+    )
 
 
 def _members(session: Session, team: str) -> list[int]:
