@@ -368,7 +368,7 @@ def test_archive_holds_manifest_config_and_database(crm: Any, tmp_path: Path) ->
     assert "Europe/Moscow" in toml
     manifest = read_manifest(tmp_path / "b.tar.gz")
     assert manifest["dialect"] == crm.engine.dialect.name
-    assert manifest["revisions"] == ["crmkit_0012"]
+    assert manifest["revisions"] == ["crmkit_0013"]
     assert manifest["schema"] == crm.schema_status()
     assert manifest["tables"]["clients"] == 1 and manifest["tables"]["users"] == 1
     assert set(manifest["files"]) == {"crmkit.toml", database}
@@ -426,7 +426,7 @@ def test_restore_upgrades_an_older_schema(crm: Any, tmp_path: Path, target_url: 
         tmp_path / "old.tar.gz", tmp_path / "r", database_url=target_url(), plugins=plugins()
     )
     try:
-        assert restored.schema_status()[0]["current"] == "crmkit_0012"
+        assert restored.schema_status()[0]["current"] == "crmkit_0013"
         with restored.session() as s:
             (old,) = s.clients.list()
             s.deals.open(old.id, amount=1)  # the lifecycle tables are there

@@ -264,7 +264,7 @@ def test_internal_errors_are_one_line(invoke, register_plugin):
 def test_db_commands(invoke):
     current = invoke("db", "current", json=True).json
     assert current == [
-        {"branch": "crmkit", "current": "crmkit_0012", "head": "crmkit_0012", "up_to_date": True}
+        {"branch": "crmkit", "current": "crmkit_0013", "head": "crmkit_0013", "up_to_date": True}
     ]
     assert invoke("db", "upgrade", json=True).json == current
 

@@ -244,6 +244,20 @@ def core_metadata() -> MetaData:
     )
     Index("uq_automation_runs_rule_event_key", runs.c.rule, runs.c.event_key, unique=True)
     Index("ix_automation_runs_at", runs.c.at)
+    # the API keys of web lead forms (POST /api/leads), stored hashed (revision crmkit_0013)
+    Table(
+        "lead_keys",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("name", String(100), nullable=False),
+        Column("key_hash", String(64), nullable=False, unique=True),
+        Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+        Column(
+            "created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+        ),
+        Column("last_used_at", UTCDateTime, nullable=True),
+        Column("revoked_at", UTCDateTime, nullable=True),
+    )
     return metadata
 
 
