@@ -341,8 +341,8 @@ class Automation:
         now = utcnow()
         if depth > self.max_depth:
             run = Run(rule.name, event, key, "loop_limit", now, depth, error=_loop(self.max_depth))
-            log.warning("automation rule %s: %s", rule.name, run.error)
-            if not dry_run:
+            if not dry_run:  # a dry run reports it to its caller, not to the log
+                log.warning("automation rule %s: %s", rule.name, run.error)
                 self._record(session, run)
             return run
         savepoint = conn.begin_nested()
@@ -380,8 +380,8 @@ class Automation:
             savepoint.rollback()
             error = str(exc) if isinstance(exc, CrmError) else f"{type(exc).__name__}: {exc}"
             run = Run(rule.name, event, key, "failed", now, depth, context.results, error)
-            log.warning("automation rule %s failed on %s: %s", rule.name, key, error)
             if not dry_run:
+                log.warning("automation rule %s failed on %s: %s", rule.name, key, error)
                 self._record(session, run)
             return run
         return Run(rule.name, event, key, "fired", now, depth, context.results)
