@@ -324,6 +324,13 @@ def cli(ctx: click.Context, directory: str | None, as_user: str | None, token: s
     metavar="N",
     help="How many sample clients to make (with --sample; default: the sample's own).",
 )
+@click.option(
+    "--rules",
+    "rule_set",
+    metavar="SET",
+    help="Add a ready set of automation rules to crmkit.toml: 'examples' (the source's "
+    "examples; those that send email only with the email tracking plugin).",
+)
 @format_option
 @pass_state
 def init(
@@ -335,14 +342,19 @@ def init(
     sample: bool,
     seed: int | None,
     sample_clients: int | None,
+    rule_set: str | None,
     fmt: str,
 ) -> None:
     """Create a deployment in DIRECTORY: crmkit.toml, the database, the admin user.
 
-    With --sample, also fill it with sample data to explore.
+    With --sample, also fill it with sample data to explore; with --rules
+    examples, add the example automation rules to its crmkit.toml.
     """
     from crmkit.core.app import CRM
 
+    rules_text, rules, left_out = "", [], []
+    if rule_set is not None:
+        rules_text, rules, left_out = _rule_set(rule_set, state.plugins)
     populate = None
     if not sample and (seed is not None or sample_clients is not None):
         raise CrmError("--seed and --sample-clients apply only with --sample", field="sample")
@@ -357,6 +369,7 @@ def init(
         admin=admin,
         admin_name=admin_name,
         plugins=state.plugins,
+        extra_config=rules_text,
     )
     try:
         info: dict[str, Any] = {
@@ -365,6 +378,9 @@ def init(
             "admin": admin,
             "schema": crm.schema_status(),
         }
+        if rule_set is not None:
+            info["rules"] = rules
+            info["rules_left_out"] = left_out
         if populate is not None:
             kwargs: dict[str, Any] = {}
             if seed is not None:
@@ -380,6 +396,13 @@ def init(
     click.echo(f"Created a crmkit deployment in {info['directory']}")
     click.echo(f"  database: {info['database']}")
     click.echo(f"  admin user: {admin}")
+    if rule_set is not None:
+        click.echo(f"  automation rules ({rule_set}): {', '.join(rules)}")
+        if left_out:
+            click.echo(
+                f"  not added: {', '.join(left_out)} (they send email: install the email "
+                "tracking plugin, crmkit-email-tracking, and add them from the docs)"
+            )
     if "sample" in info:
         counts = ", ".join(
             f"{what.replace('_', ' ')} {count}" for what, count in info["sample"].items()
@@ -388,6 +411,47 @@ def init(
         click.echo(f"Next: cd {directory} && crmkit deal list --stalled && crmkit overdue")
         return
     click.echo(f"Next: cd {directory} && crmkit client add 'Acme Ltd' --email buy@acme.example")
+
+
+#: The rule sets ``crmkit init --rules`` knows: the files (in the crmkit package) of each,
+#: with the action a file needs (None: none beyond the core's).
+RULE_SETS: dict[str, list[tuple[str, str | None]]] = {
+    "examples": [
+        ("automation_examples.toml", None),
+        ("automation_examples_email.toml", "send_email"),
+    ],
+}
+
+
+def _rule_set(name: str, plugins: Any) -> tuple[str, list[str], list[str]]:
+    """The TOML of rule set ``name`` for these plugins, its rules, and the rules left out.
+
+    A file whose rules need an action no installed plugin registers (the
+    email examples' ``send_email``) is left out: its rules would be refused
+    when the deployment opens.
+    """
+    import tomllib
+    from importlib.resources import files
+
+    if name not in RULE_SETS:
+        known = ", ".join(sorted(RULE_SETS))
+        raise CrmError(f"unknown rule set {name!r} (known: {known})", field="rules")
+    actions = {action.name for action in plugins.automation_actions()}
+    parts, rules, left_out = [], [], []
+    for filename, needs in RULE_SETS[name]:
+        text = files("crmkit").joinpath(filename).read_text("utf-8")
+        names = list(tomllib.loads(text)["automation"]["rules"])
+        if needs is not None and needs not in actions:
+            left_out += names
+            continue
+        parts.append(text)
+        rules += names
+    header = (
+        f"\n# -- automation rules: crmkit's {name!r} set (crmkit init --rules {name}) "
+        "-----------\n# What each does: the 'Automation examples' page "
+        "(docs/automation_examples.rst).\n# Edit them, or switch one off with enabled = false.\n\n"
+    )
+    return header + "\n".join(parts), rules, left_out
 
 
 def _safe_url(url: str) -> str:

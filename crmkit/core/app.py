@@ -91,11 +91,15 @@ class CRM:
         admin_name: str | None = None,
         plugins: Plugins | None = None,
         entry_points: bool = True,
+        extra_config: str = "",
     ) -> CRM:
         """Make a new deployment: write ``crmkit.toml``, migrate the database, add the admin.
 
-        Refuses a folder that already holds a deployment. When anything fails,
-        the files it wrote are removed again.
+        ``extra_config`` is TOML appended to the new ``crmkit.toml`` (``crmkit
+        init --rules examples`` adds the example automation rules), checked
+        when the deployment opens like the rest of it. Refuses a folder that
+        already holds a deployment. When anything fails, the files it wrote
+        are removed again.
         """
         root = Path(path).expanduser().resolve()
         config_path = root / CONFIG_NAME
@@ -112,7 +116,8 @@ class CRM:
             raise ValidationError("must be lowercase letters, digits or . _ @ -", field="admin")
         made_dir = not root.exists()
         root.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(render_config(database_url=database_url, admin=admin), "utf-8")
+        text = render_config(database_url=database_url, admin=admin)
+        config_path.write_text(text + extra_config, "utf-8")
         crm = None
         try:
             crm = cls.open(root, plugins=plugins, entry_points=entry_points)
