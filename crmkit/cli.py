@@ -1989,6 +1989,7 @@ def plugin_new(name: str, directory: Path | None, description: str, fmt: str) ->
 # -- commands kept in their own modules ---------------------------------------------------
 from crmkit.commands import access as _access  # noqa: E402, F401  (policy ...)
 from crmkit.commands import audit as _audit  # noqa: E402, F401  (audit verify, show)
+from crmkit.commands import automation as _automation  # noqa: E402, F401  (automation ...)
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
 from crmkit.commands import kpis as _kpis  # noqa: E402, F401  (kpi list)
