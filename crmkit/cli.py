@@ -1993,6 +1993,7 @@ from crmkit.commands import automation as _automation  # noqa: E402, F401  (auto
 from crmkit.commands import data as _data  # noqa: E402, F401  (export, backup, restore)
 from crmkit.commands import imports as _imports  # noqa: E402, F401  (import)
 from crmkit.commands import kpis as _kpis  # noqa: E402, F401  (kpi list)
+from crmkit.commands import leads as _leads  # noqa: E402, F401  (lead key)
 from crmkit.commands import plans as _plans  # noqa: E402, F401  (plan set, split, list)
 from crmkit.commands import reports as _reports  # noqa: E402, F401  (report)
 from crmkit.commands import users as _users  # noqa: E402, F401  (user deactivate, user token)

@@ -55,6 +55,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "crmkit.plugins.channels",
     "crmkit.plugins.interactions",
     "crmkit.plugins.kpis",
+    "crmkit.plugins.leads",
     "crmkit.plugins.motivation",
     "crmkit.plugins.pipelines",
     "crmkit.plugins.plans",
