@@ -9,7 +9,9 @@
   (:mod:`.notices`);
 * :func:`crmkit_interaction_kinds`: the ``email`` outcomes ``opened`` and
   ``proposal_read``, which pipelines may use;
-* :func:`crmkit_check_stage_entry`: the ``proposal_read`` gate (:mod:`.gate`).
+* :func:`crmkit_check_stage_entry`: the ``proposal_read`` gate (:mod:`.gate`);
+* :func:`crmkit_automation_actions`: the automation action ``send_email``
+  (:mod:`.automation`).
 
 crmkit imports this module on every command, ``--help`` included, so it
 imports only :data:`crmkit.hookimpl` here; SQLAlchemy is imported when a hook
@@ -98,3 +100,11 @@ def crmkit_startup(crm: Any) -> None:
     from .settings import load
 
     load(crm)
+
+
+@hookimpl
+def crmkit_automation_actions() -> list[Any]:
+    """The automation action ``send_email`` (:mod:`.automation`)."""
+    from .automation import actions
+
+    return actions()

@@ -16,6 +16,7 @@ from crmkit.core.plugins import load_plugins
 
 #: The hooks the plugin implements, as ``crmkit plugins`` lists them.
 HOOKS = [
+    "crmkit_automation_actions",
     "crmkit_check_stage_entry",
     "crmkit_cli",
     "crmkit_email_opened",
