@@ -802,7 +802,8 @@ def test_crmkit_routes(crm, register_plugin):
             return [Route("/ping", lambda request: PlainTextResponse("pong"))]
 
     register_plugin(Plugin(), name="ping")
-    [(route, plugin)] = crm.plugins.routes(crm)
+    # the built-in plugins serve theirs too (leads: /api/leads)
+    [(route, plugin)] = [(r, p) for r, p in crm.plugins.routes(crm) if p == "ping"]
     assert (route.path, plugin) == ("/ping", "ping")
     assert seen == [crm]
     app = create_app(crm)
