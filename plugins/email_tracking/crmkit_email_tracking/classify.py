@@ -32,6 +32,7 @@ rules above (timing, prefetch), and the project's own tests read mail with it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -43,16 +44,15 @@ SCANNER_CLICK_SECONDS = 10.0
 #: Apple's network, where Mail Privacy Protection's proxies fetch from.
 APPLE_NETWORK = ipaddress.ip_network("17.0.0.0/8")
 
+# matched against the lower-cased user agent (no IGNORECASE: several times faster)
 _SCANNERS = re.compile(
     r"barracuda|mimecast|proofpoint|safelinks|microsoft office protection|symantec|"
     r"messagelabs|trend ?micro|forcepoint|sophos|fireeye|ironport|cisco|zscaler|"
-    r"urlscan|checkpoint|avanan|virustotal|linkscan",
-    re.IGNORECASE,
+    r"urlscan|checkpoint|avanan|virustotal|linkscan"
 )
 _PROGRAMS = re.compile(
     r"bot\b|bot/|crawler|spider|curl/|wget/|python-requests|python-urllib|httpx|aiohttp|"
-    r"go-http-client|java/|okhttp|libwww|scrapy|headless(?!chrome)|phantomjs|^-$",
-    re.IGNORECASE,
+    r"go-http-client|java/|okhttp|libwww|scrapy|headless(?!chrome)|phantomjs|^-$"
 )
 
 
@@ -71,38 +71,56 @@ def classify(
     after the message was sent the hit came (None when unknown).
     """
     agent = (headers.get("user-agent") or "").strip()
-    reasons: list[str] = []
-    if method.upper() == "HEAD":
-        reasons.append("a HEAD request (a link checker, not a browser)")
-    for name in ("sec-purpose", "purpose", "x-moz", "x-purpose"):
-        if "prefetch" in (headers.get(name) or "").lower():
-            reasons.append(f"a prefetch ({name}: {headers[name]})")
-    if agent and _SCANNERS.search(agent):
-        reasons.append(f"a link scanner's user agent ({agent[:80]})")
-    if (
+    purposes = tuple(headers.get(name) or "" for name in PURPOSE_HEADERS)
+    found, reasons = _by_request(method.upper(), agent, purposes)
+    timed = (
         kind == "click"
         and seconds_since_delivery is not None
         and 0 <= seconds_since_delivery < SCANNER_CLICK_SECONDS
-    ):
-        reasons.append(
+    )
+    if timed:
+        reasons = [
+            *(reasons if found == "scanner" else []),
             f"clicked {seconds_since_delivery:.1f} s after delivery "
-            f"(sooner than {SCANNER_CLICK_SECONDS:g} s)"
-        )
-    if reasons:
+            f"(sooner than {SCANNER_CLICK_SECONDS:g} s)",
+        ]
         return "scanner", reasons
-    if "googleimageproxy" in agent.lower():
-        return "gmail_proxy", ["Gmail's image proxy (counts: Gmail fetches when the mail is read)"]
-    if agent == "Mozilla/5.0":
-        reasons.append("the bare user agent 'Mozilla/5.0' of Apple Mail Privacy Protection")
-    if ip is not None and _in_apple_network(ip):
-        reasons.append("an address in Apple's network 17.0.0.0/8")
-    if reasons:
+    if found in ("scanner", "gmail_proxy"):
+        return found, list(reasons)
+    if ip is not None and ip.startswith("17.") and _in_apple_network(ip):
+        reasons = [*(reasons if found == "apple_mpp" else []), APPLE_NETWORK_REASON]
         return "apple_mpp", reasons
+    return found, list(reasons)
+
+
+#: The request headers that mark a prefetch.
+PURPOSE_HEADERS = ("sec-purpose", "purpose", "x-moz", "x-purpose")
+APPLE_NETWORK_REASON = "an address in Apple's network 17.0.0.0/8"
+
+
+@functools.lru_cache(maxsize=4096)
+def _by_request(method: str, agent: str, purposes: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """What the method, user agent and prefetch headers alone say (cached: they repeat)."""
+    reasons: list[str] = []
+    if method == "HEAD":
+        reasons.append("a HEAD request (a link checker, not a browser)")
+    for name, value in zip(PURPOSE_HEADERS, purposes, strict=True):
+        if "prefetch" in value.lower():
+            reasons.append(f"a prefetch ({name}: {value})")
+    lowered = agent.lower()
+    if agent and _SCANNERS.search(lowered):
+        reasons.append(f"a link scanner's user agent ({agent[:80]})")
+    if reasons:
+        return "scanner", tuple(reasons)
+    if "googleimageproxy" in lowered:
+        return "gmail_proxy", ("Gmail's image proxy (counts: Gmail fetches when the mail is read)",)
+    if agent == "Mozilla/5.0":
+        return "apple_mpp", ("the bare user agent 'Mozilla/5.0' of Apple Mail Privacy Protection",)
     if not agent:
-        return "bot", ["no user agent"]
-    if _PROGRAMS.search(agent):
-        return "bot", [f"a program's user agent ({agent[:80]})"]
-    return "human", []
+        return "bot", ("no user agent",)
+    if _PROGRAMS.search(lowered):
+        return "bot", (f"a program's user agent ({agent[:80]})",)
+    return "human", ()
 
 
 def _in_apple_network(ip: str) -> bool:
@@ -112,6 +130,7 @@ def _in_apple_network(ip: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=4096)
 def truncate_ip(ip: str | None) -> str | None:
     """``ip`` with its host part zeroed: the /24 of IPv4, the /48 of IPv6."""
     if ip is None:

@@ -83,7 +83,7 @@ class Tracker:
         """Whether the request asks not to be tracked and the deployment honours it."""
         if not self.settings.honour_dnt:
             return False
-        headers = request.headers
+        headers = _headers(request)
         return headers.get("dnt") == "1" or headers.get("sec-gpc") == "1"
 
     def _event(
@@ -98,16 +98,17 @@ class Tracker:
         now = utcnow()
         ip = client_ip(request)
         since = (now - sent_at).total_seconds() if sent_at is not None else None
+        headers = _headers(request)
         classification, reasons = classify(
             kind,
             method=request.method,
-            headers=request.headers,
+            headers=headers,
             ip=ip,
             seconds_since_delivery=since,
         )
         data = {
             "ip": truncate_ip(ip) if self.settings.truncate_ip else ip,
-            "user_agent": (request.headers.get("user-agent") or "")[:MAX_AGENT],
+            "user_agent": headers.get("user-agent", "")[:MAX_AGENT],
             "method": request.method,
             "reasons": reasons,
         }
@@ -237,6 +238,25 @@ class Tracker:
                 seconds=beat["t"],
             )
         return Response(status_code=204, headers=PRIVATE)
+
+
+#: The request headers tracking reads (ASGI gives them lower-cased, as bytes).
+_WANTED = frozenset(
+    {b"user-agent", b"dnt", b"sec-gpc", b"sec-purpose", b"purpose", b"x-moz", b"x-purpose"}
+)
+
+
+def _headers(request: Request) -> dict[str, str]:
+    """The headers tracking reads, from one pass over the request's (kept on the request)."""
+    found: dict[str, str] | None = request.scope.get("crmkit.tracking_headers")
+    if found is None:
+        found = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in request.scope["headers"]
+            if name in _WANTED
+        }
+        request.scope["crmkit.tracking_headers"] = found
+    return found
 
 
 def parse_beat(body: bytes) -> dict[str, Any]:

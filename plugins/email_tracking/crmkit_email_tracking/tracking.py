@@ -32,7 +32,9 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from attrs import frozen
 from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from crmkit.core.schema import utcnow
 
@@ -50,25 +52,51 @@ BATCH = 1000
 OPENING_KINDS = ("open", "page_view")
 
 
-def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[tuple[int, bool]]:
+@frozen
+class State:
+    """What the writer needs to know of a message: when it was opened, told, read."""
+
+    opened_at: dt.datetime | None
+    notified_at: dt.datetime | None
+    read_at: dt.datetime | None
+
+
+def write_events(
+    crm: CRM, events: Sequence[dict[str, Any]], known: dict[int, State] | None = None
+) -> list[tuple[int, bool]]:
     """Store ``events`` in one transaction; return the notices to give: ``(message id, document)``.
 
     Events of messages that no longer exist are dropped (their tokens
     outlive them). The first counted open of a message sets ``opened_at``.
+    ``known`` caches the state of messages seen before (the writer keeps it
+    between batches), so that repeated opens of a message read nothing; a
+    cached message deleted since makes the batch fail its foreign key, and it
+    is written again with the cache emptied.
     """
+    if known is None:
+        known = {}
+    try:
+        return _write(crm, events, known)
+    except IntegrityError:
+        known.clear()
+        return _write(crm, events, known)
+
+
+def _write(
+    crm: CRM, events: Sequence[dict[str, Any]], known: dict[int, State]
+) -> list[tuple[int, bool]]:
     outbox = crm.metadata.tables[OUTBOX]
     table = crm.metadata.tables[EVENTS]
-    ids = {e["message_id"] for e in events}
+    unknown = {e["message_id"] for e in events} - known.keys()
     notices: dict[int, bool] = {}
     with crm.connect() as conn:
-        known = {
-            row.id: row
+        if unknown:
             for row in conn.execute(
                 select(
                     outbox.c.id, outbox.c.opened_at, outbox.c.notified_at, outbox.c.read_at
-                ).where(outbox.c.id.in_(ids))
-            )
-        }
+                ).where(outbox.c.id.in_(unknown))
+            ):
+                known[row.id] = State(row.opened_at, row.notified_at, row.read_at)
         rows = [e for e in events if e["message_id"] in known]
         if not rows:
             return []
@@ -86,12 +114,16 @@ def write_events(crm: CRM, events: Sequence[dict[str, Any]]) -> list[tuple[int, 
             elif message.notified_at is None or at - message.notified_at >= gap:
                 notices.setdefault(message_id, False)
         for message_id, at in firsts.items():
-            if known[message_id].opened_at is None:
+            state = known[message_id]
+            if state.opened_at is None:
                 conn.execute(
                     update(outbox)
                     .where(outbox.c.id == message_id, outbox.c.opened_at.is_(None))
                     .values(opened_at=at)
                 )
+                known[message_id] = State(at, state.notified_at, state.read_at)
+    for message_id in notices:  # told (or not, by another server): read it again next time
+        known.pop(message_id, None)
     return list(notices.items())
 
 
@@ -145,7 +177,9 @@ class EventWriter:
     :meth:`record` queues an event and returns when the transaction that
     stores it has committed. One task per event loop drains the queue, at
     most :data:`BATCH` events per transaction, in a worker thread so that the
-    loop keeps answering meanwhile.
+    loop keeps answering meanwhile. A notice to the owner (a first open) is
+    given in a task of its own, so that the batches after it do not wait; the
+    requests whose event caused it are answered once it is given.
     """
 
     def __init__(self, crm: CRM) -> None:
@@ -153,6 +187,8 @@ class EventWriter:
         self._queue: asyncio.Queue[tuple[dict[str, Any] | None, asyncio.Future[None]]] | None
         self._queue = None
         self._task: asyncio.Task[None] | None = None
+        self._notices: set[asyncio.Task[None]] = set()
+        self._known: dict[int, State] = {}
 
     async def record(self, event: dict[str, Any]) -> None:
         """Store ``event`` (columns of ``email_events``); return once it is committed."""
@@ -182,26 +218,45 @@ class EventWriter:
                 continue
             events = [event for event, _ in batch]
             try:
-                to_notify = await run_in_threadpool(write_events, self.crm, events)
+                to_notify = await run_in_threadpool(write_events, self.crm, events, self._known)
             except Exception as exc:  # every waiter learns it; the writer goes on
                 log.exception("could not store %d tracking events", len(events))
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
                 continue
-            for message_id, document in to_notify:  # before answering: rare, and sure
-                try:
-                    await run_in_threadpool(notify, self.crm, message_id, document=document)
-                except Exception:  # the event is stored; the notice is what failed
-                    log.exception("could not notify the owner of message %d", message_id)
-            for _, done in batch:
-                if not done.done():
+            told = dict(to_notify)
+            for event, done in batch:
+                if event["message_id"] not in told and not done.done():
                     done.set_result(None)
+            for message_id, document in told.items():
+                waiting = [d for e, d in batch if e["message_id"] == message_id]
+                task = asyncio.get_running_loop().create_task(
+                    self._notify(message_id, document, waiting)
+                )
+                self._notices.add(task)
+                task.add_done_callback(self._notices.discard)
         assert stop is not None
+        if self._notices:
+            await asyncio.gather(*self._notices, return_exceptions=True)
         stop.set_result(None)
 
+    async def _notify(
+        self, message_id: int, document: bool, waiting: list[asyncio.Future[None]]
+    ) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            await run_in_threadpool(notify, self.crm, message_id, document=document)
+        except Exception:  # the event is stored; the notice is what failed
+            log.exception("could not notify the owner of message %d", message_id)
+        finally:
+            for done in waiting:
+                if not done.done():
+                    done.set_result(None)
+
     async def close(self) -> None:
-        """Write what is queued, then stop the task (a later event starts another)."""
+        """Write what is queued and give the notices in progress, then stop the task."""
         if self._task is None or self._task.done() or self._queue is None:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

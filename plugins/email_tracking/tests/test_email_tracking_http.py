@@ -441,3 +441,17 @@ def test_reading_the_proposal_moves_the_deal_through_its_gate(
         assert sorted(outcomes) == ["opened", "proposal_read"]
     finally:
         opened.close()
+
+
+def test_opens_of_a_deleted_message_record_nothing(deployment: CRM, server: str) -> None:
+    """The writer remembers messages it has seen; one deleted since is dropped, not an error."""
+    message, other = sent_message(deployment), sent_message(deployment)
+    pixel = server + path_of(message["html"], "o")
+    assert request(pixel, headers={"User-Agent": BROWSER}).status == 200
+    outbox = deployment.metadata.tables["email_outbox"]
+    with deployment.connect() as conn:
+        conn.execute(outbox.delete().where(outbox.c.id == message["id"]))
+    assert request(pixel, headers={"User-Agent": BROWSER}).body == PIXEL
+    assert events(deployment, message["id"]) == []  # deleted with the message, none added
+    request(server + path_of(other["html"], "o"), headers={"User-Agent": BROWSER})
+    assert len(events(deployment, other["id"])) == 1
