@@ -875,3 +875,229 @@ def test_crmkit_email_opened(crm, register_plugin):
             session=s, message={"id": 7, "client_id": 1}, first=True, document=False
         )
     assert sorted(seen) == [("chat", 7, False), ("journal", "admin", True)]
+
+
+# -- automation (docs/automation.rst) ------------------------------------------------------------
+def _with_rules(crm, text):
+    """The deployment reopened with ``text`` appended to its crmkit.toml."""
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(path.read_text("utf-8") + "\n" + textwrap.dedent(text), "utf-8")
+    return crmkit.CRM.open(crm.config.root, plugins=crm.plugins)
+
+
+def test_crmkit_automation_rules(crm, register_plugin):
+    from crmkit.core.automation import Rule
+
+    class Onboarding:
+        @hookimpl
+        def crmkit_automation_rules(self):
+            return [
+                {
+                    "name": "welcome_call",
+                    "title": "Call every new client",
+                    "event": "client.created",
+                    "actions": [{"do": "create_task", "title": "Call {client.name}"}],
+                },
+                Rule(
+                    "no_contact",
+                    ({"do": "create_task", "title": "Nobody talked to {client.name}"},),
+                    schedule="client.no_contact",
+                    params={"days": 30},
+                    enabled=False,
+                ),
+            ]
+
+    register_plugin(Onboarding(), name="onboarding")
+    rules = crm.automation.rules
+    assert {n: (r.plugin, r.enabled) for n, r in rules.items()} == {
+        "welcome_call": ("onboarding", True),
+        "no_contact": ("onboarding", False),
+    }
+    assert rules["no_contact"].trigger == "schedule client.no_contact"
+    with crm.session() as s:
+        s.clients.create("Acme", owner="admin")
+        assert [t.title for t in s.tasks.list()] == ["Call Acme"]
+    # a deployment's rule of the same name replaces the plugin's
+    replaced = _with_rules(
+        crm,
+        """
+        [automation.rules.welcome_call]
+        event = "client.created"
+        enabled = false
+        actions = [{ do = "create_task", title = "Not today" }]
+        """,
+    )
+    try:
+        assert replaced.automation.rule("welcome_call").plugin is None
+        assert replaced.automation.rule("welcome_call").enabled is False
+    finally:
+        replaced.close()
+
+    class Broken:
+        @hookimpl
+        def crmkit_automation_rules(self):
+            return [{"name": "broken", "event": "client.created", "actions": [{"do": "fly"}]}]
+
+    register_plugin(Broken())
+    with pytest.raises(ConfigError) as info:
+        _ = crm.automation
+    assert info.value.field == "automation.rules.broken.actions.0"
+    assert "unknown action 'fly'" in str(info.value)
+
+
+def test_crmkit_automation_actions(crm, register_plugin):
+    from crmkit.core.automation import Action
+
+    seen = []
+
+    def tag(context, params):
+        seen.append((context.event, context.rule.name, context.dry_run))
+        client = context.payload["client"]
+        context.session.record("client", client["id"], "tagged", {"tag": params["tag"]})
+        return {"client": client["id"], "tag": context.render(params["tag"])}
+
+    class Tags:
+        @hookimpl
+        def crmkit_automation_actions(self):
+            schema = {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["tag"],
+                "properties": {"tag": {"type": "string"}},
+            }
+            return [Action("tag", tag, schema, "Tag the client")]
+
+    register_plugin(Tags(), name="tags")
+    assert crm.automation.actions["tag"].plugin == "tags"
+    tagged = _with_rules(
+        crm,
+        """
+        [automation.rules.tag_new]
+        event = "client.created"
+        actions = [{ do = "tag", tag = "new: {client.name}" }]
+        """,
+    )
+    try:
+        with tagged.session() as s:
+            client = s.clients.create("Acme")
+        assert seen == [("client.created", "tag_new", False)]
+        with tagged.session() as s:
+            [event] = [e for e in s.events("client", client.id) if e["action"] == "tagged"]
+            assert event["data"] == {"tag": "new: {client.name}"}
+            [run] = tagged.automation.runs(s, rule="tag_new")
+        assert run.results == [{"do": "tag", "client": client.id, "tag": "new: Acme"}]
+    finally:
+        tagged.close()
+    # parameters are checked against the action's schema when the deployment opens
+    with pytest.raises(ConfigError) as info:
+        _with_rules(
+            crm,
+            """
+            [automation.rules.tag_bad]
+            event = "client.created"
+            actions = [{ do = "tag", colour = "red" }]
+            """,
+        )
+    assert info.value.field.startswith("automation.rules.tag_bad.actions.0")
+
+    class Again:
+        @hookimpl
+        def crmkit_automation_actions(self):
+            return [Action("tag", tag)]
+
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(path.read_text("utf-8").split("[automation.rules.tag_new]")[0], "utf-8")
+    register_plugin(Again())
+    with pytest.raises(ConfigError, match="two plugins register the automation action 'tag'"):
+        _ = crm.automation
+
+
+def test_crmkit_automation_triggers(crm, register_plugin):
+    import datetime as dt
+
+    from crmkit.core.automation import TimeTrigger, payload_of
+
+    def vip_clients(session, now, params):
+        for client in session.clients.list():
+            if client.name.startswith(params["prefix"]):
+                yield f"vip:{client.id}:{now.date().isoformat()}", payload_of(client=client)
+
+    class Daily:
+        @hookimpl
+        def crmkit_automation_triggers(self):
+            schema = {
+                "type": "object",
+                "required": ["prefix"],
+                "properties": {"prefix": {"type": "string"}},
+            }
+            return [TimeTrigger("client.daily_vip", vip_clients, schema, "Every VIP, daily")]
+
+    register_plugin(Daily(), name="daily")
+    assert crm.automation.triggers["client.daily_vip"].plugin == "daily"
+    with crm.session() as s:
+        s.clients.create("VIP Acme", owner="admin")
+        s.clients.create("Beta", owner="admin")
+    daily = _with_rules(
+        crm,
+        """
+        [automation.rules.vip_call]
+        schedule = "client.daily_vip"
+        params = { prefix = "VIP" }
+        actions = [{ do = "create_task", title = "Call {client.name} today" }]
+        """,
+    )
+    try:
+        monday = dt.datetime(2026, 11, 23, 9, tzinfo=dt.UTC)
+        assert [r.key for r in daily.automation.run_schedule(monday)] == ["vip:1:2026-11-23"]
+        assert daily.automation.run_schedule(monday + dt.timedelta(hours=1)) == []  # same day
+        assert len(daily.automation.run_schedule(monday + dt.timedelta(days=1))) == 1
+        with daily.session() as s:
+            assert [t.title for t in s.tasks.list()] == ["Call VIP Acme today"] * 2
+    finally:
+        daily.close()
+    with pytest.raises(ConfigError, match="prefix"):
+        _with_rules(
+            crm,
+            """
+            [automation.rules.vip_bad]
+            schedule = "client.daily_vip"
+            actions = [{ do = "create_task", title = "x" }]
+            """,
+        )
+
+
+def test_crmkit_automation_events(crm, register_plugin):
+    from crmkit.core.automation import payload_of
+
+    class Loyalty:
+        @hookimpl
+        def crmkit_automation_events(self):
+            return ["loyalty.level_changed"]
+
+    text = """
+        [automation.rules.gold]
+        event = "loyalty.level_changed"
+        when = { properties = { level = { const = "gold" } } }
+        actions = [{ do = "create_task", title = "Send {client.name} a gift" }]
+        """
+    with pytest.raises(ConfigError, match=r"unknown event 'loyalty\.level_changed'"):
+        _with_rules(crm, text)
+    path = crm.config.root / "crmkit.toml"
+    path.write_text(path.read_text("utf-8").split("[automation.rules.gold]")[0], "utf-8")
+    register_plugin(Loyalty())
+    assert "loyalty.level_changed" in crm.automation.extra_events
+    gold = _with_rules(crm, text)
+    try:
+        with gold.session() as s:
+            client = s.clients.create("Acme", owner="admin")
+            payload = payload_of(client=client, level="gold")
+            key = f"loyalty:{client.id}:gold"
+            [run] = gold.automation.fire(s, "loyalty.level_changed", payload, key)
+            assert run.status == "fired"
+            assert gold.automation.fire(s, "loyalty.level_changed", payload, key) == []  # once
+            silver = payload_of(client=client, level="silver")
+            assert gold.automation.fire(s, "loyalty.level_changed", silver, "l:2") == []
+        with gold.session() as s:
+            assert [t.title for t in s.tasks.list()] == ["Send Acme a gift"]
+    finally:
+        gold.close()

@@ -30,10 +30,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.automation import Rule, Run
 
 LIST_COLUMNS = ["name", "trigger", "title", "actions", "enabled", "plugin"]
-LOG_COLUMNS = ["id", "at", "rule", "event", "key", "status", "depth", "results", "error"]
+LOG_COLUMNS = ["id", "at", "rule", "status", "key", "done"]
 #: keys of an action's result that hold record ids (shown as ``#12``)
 RECORDS = {"client", "deal", "task", "tasks", "interaction", "invoice", "message"}
-RESULTS_WIDTH = 60  # characters of a run's results in a table (JSON has all of them)
+RESULTS_WIDTH = 60  # characters of what a run did in a table (JSON has all of it)
 
 
 @cli.group()
@@ -271,20 +271,20 @@ def automation_test(state: State, name: str, event_file: str, fmt: str) -> None:
 
 
 # -- automation log ----------------------------------------------------------------------------
-def _run_row(run: Run) -> dict[str, Any]:
-    results = "; ".join(_describe(r, {}) for r in run.results if "do" in r)
-    if len(results) > RESULTS_WIDTH:
-        results = results[: RESULTS_WIDTH - 3] + "..."
+def _run_row(run: Run, logins: dict[int, str]) -> dict[str, Any]:
+    if run.status == "fired":
+        done = "; ".join(_describe(r, logins) for r in run.results if "do" in r)
+    else:
+        done = run.error or ""
+    if len(done) > RESULTS_WIDTH:
+        done = done[: RESULTS_WIDTH - 3] + "..."
     return {
         "id": run.id,
         "at": run.at,
         "rule": run.rule,
-        "event": run.event,
-        "key": run.key,
         "status": run.status,
-        "depth": run.depth,
-        "results": results,
-        "error": run.error,
+        "key": run.key,
+        "done": done,
     }
 
 
@@ -311,19 +311,12 @@ def automation_log(state: State, rule: str | None, since: str | None, limit: int
     if fmt == "json":
         emit(found, fmt)
         return
-    show([_run_row(r) for r in found], fmt, crm.tz, columns=LOG_COLUMNS)
+    logins = _logins(state, [result for run in found for result in run.results])
+    show([_run_row(r, logins) for r in found], fmt, crm.tz, columns=LOG_COLUMNS)
 
 
 # -- automation run: the scheduler -----------------------------------------------------------------
-def _run_line(run: Run, tz: Any) -> str:
-    line = f"{show_time(run.at, tz)} {run.status} {run.rule} on {run.key}"
-    if run.status == "fired":
-        done = "; ".join(_describe(r, {}) for r in run.results if "do" in r)
-        return line + (f": {done}" if done else "")
-    return line + f": {run.error}"
-
-
-def _print_runs(runs: list[Run], fmt: str, tz: Any, *, lines: bool) -> None:
+def _print_runs(state: State, runs: list[Run], fmt: str, *, lines: bool) -> None:
     from crmkit.core.model import to_json
 
     if fmt == "json":
@@ -333,8 +326,15 @@ def _print_runs(runs: list[Run], fmt: str, tz: Any, *, lines: bool) -> None:
         else:
             emit(runs, fmt)
         return
+    logins = _logins(state, [result for run in runs for result in run.results])
+    tz = state.crm().tz
     for run in runs:
-        click.echo(_run_line(run, tz))
+        line = f"{show_time(run.at, tz)} {run.rule} {run.status} on {run.key}"
+        if run.status == "fired":
+            done = "; ".join(_describe(r, logins) for r in run.results if "do" in r)
+            click.echo(line + (f": {done}" if done else ""))
+        else:
+            click.echo(f"{line}: {run.error}")
 
 
 @automation.command("run")
@@ -367,7 +367,7 @@ def automation_run(state: State, once: bool, interval: float, fmt: str) -> None:
     crm = state.crm()
     automation = crm.automation
     if once:
-        _print_runs(automation.run_schedule(as_user=state.as_user), fmt, crm.tz, lines=False)
+        _print_runs(state, automation.run_schedule(as_user=state.as_user), fmt, lines=False)
         return
     import signal
     import threading
@@ -389,11 +389,11 @@ def automation_run(state: State, once: bool, interval: float, fmt: str) -> None:
             started = time.monotonic()
             try:
                 runs = automation.run_schedule(as_user=state.as_user)
-            except CrmError as exc:  # e.g. the database is away for a moment: try again later
-                click.echo(f"Error: {exc} (trying again in {interval:g} s)", err=True)
-            else:
-                _print_runs(runs, fmt, crm.tz, lines=True)
+                _print_runs(state, runs, fmt, lines=True)
                 sys.stdout.flush()
+            except Exception as exc:  # e.g. the database away for a moment: the next round retries
+                what = str(exc) if isinstance(exc, CrmError) else f"{type(exc).__name__}: {exc}"
+                click.echo(f"Error: {what} (trying again in {interval:g} s)", err=True)
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
     except KeyboardInterrupt:
         pass
