@@ -177,7 +177,7 @@ def parse(data: dict[str, Any], channels: set[str]) -> Settings:
         default = data["default_channel"] or None
         if default is not None and default not in channels:
             raise ConfigError(
-                f"unknown channel {default!r} (known: {known}; \"\" for none)",
+                f'unknown channel {default!r} (known: {known}; "" for none)',
                 field=f"{SECTION}.default_channel",
             )
     else:
