@@ -178,6 +178,12 @@ def test_a_dry_run_says_what_would_happen_and_stores_nothing(
     assert lines[2].startswith("  2. create_task: tasks #") and lines[2].endswith("assignee boris")
     assert lines[3] == "(a dry run: nothing was stored)"
     assert table.stderr == ""  # no warning either
+    as_anna = invoke(
+        "automation", "test", "interested_call", "--event", str(event), "--actor", "anna"
+    )
+    assert as_anna.output.splitlines()[1].endswith("assignee anna")  # open_deal's owner: the actor
+    ghost = invoke("automation", "test", "interested_call", "--event", str(event), "--actor", "gh")
+    assert ghost.exit_code == 3 and "gh" in ghost.stderr
     with reopened(deployment) as crm, crm.session() as s:
         assert s.deals.list() == [] and s.tasks.list() == []
     assert invoke("automation", "log", json=True).json == []

@@ -227,23 +227,30 @@ def _describe(result: dict[str, Any], logins: dict[int, str]) -> str:
     metavar="FILE",
     help="A JSON file holding the event's payload ('-': read it from stdin).",
 )
+@click.option(
+    "--actor",
+    metavar="LOGIN",
+    help="The user whose change raises the event: the rule's 'actor' (default: you).",
+)
 @format_option
 @pass_state
-def automation_test(state: State, name: str, event_file: str, fmt: str) -> None:
+def automation_test(state: State, name: str, event_file: str, actor: str | None, fmt: str) -> None:
     """Dry-run RULE on an event: would it fire, what would its actions do?
 
     The actions run for real against the current data (gates, validation and
     assignees included) and everything is rolled back: nothing is stored,
-    not even a run. Exits with 0 whether the rule would fire or not;
-    '--format json' gives 'fires'. Admins only.
+    not even a run. The rule acts as --actor (the user whose change raises
+    the event), by default as you. Exits with 0 whether the rule would fire
+    or not; '--format json' gives 'fires'. Admins only.
     """
     from crmkit.core.model import Role
 
     crm = state.crm()
     crm.automation.rule(name)  # an unknown rule first: NotFound naming the rules
     payload = _read_payload(event_file)
-    with state.session() as s:
+    with state.session(readonly=True) as s:
         s.require_role(Role.ADMIN)
+    with crm.session(as_user=actor) if actor else state.session() as s:
         answer = crm.automation.test(s, name, payload)
     if fmt == "json":
         emit(answer, fmt)
