@@ -252,9 +252,7 @@ def core_metadata() -> MetaData:
         Column("name", String(100), nullable=False),
         Column("key_hash", String(64), nullable=False, unique=True),
         Column("created_at", UTCDateTime, nullable=False, default=utcnow),
-        Column(
-            "created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True
-        ),
+        Column("created_by", Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
         Column("last_used_at", UTCDateTime, nullable=True),
         Column("revoked_at", UTCDateTime, nullable=True),
     )

@@ -404,8 +404,9 @@ def _save(s: Session, lead: dict[str, str | None], channel: str | None) -> tuple
             if existing is None:
                 raise
         else:
-            if lead.get("company") and lead.get("name"):
-                s.contacts.add(client.id, lead["name"], email=email, phone=lead.get("phone"))
+            person = lead.get("name")
+            if lead.get("company") and person:
+                s.contacts.add(client.id, person, email=email, phone=lead.get("phone"))
             return client.id, True
     changes: dict[str, Any] = {}
     if lead.get("phone") and not existing.phone:
@@ -512,7 +513,9 @@ def _multipart(content_type: str, body: bytes) -> dict[str, Any]:
         name = part.get_param("name", header="content-disposition")
         if not name or part.get_filename():  # files are not a lead's
             continue
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
         fields[str(name)] = payload.decode(part.get_content_charset() or "utf-8")
     return fields
 
