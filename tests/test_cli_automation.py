@@ -410,3 +410,31 @@ actions = [{ do = "note", text = "{deal.title}: {days_left} days left" }]
     refused = invoke("automation", "list")
     assert refused.exit_code == 6
     assert "automation.rules.closing_soon_note.params" in refused.stderr
+
+
+def test_a_condition_compares_amounts_as_numbers(deployment: CRM, invoke: Any) -> None:
+    path = deployment.config.root / "crmkit.toml"
+    path.write_text(
+        path.read_text("utf-8")
+        + """
+[automation.rules.big_loss]
+event = "deal.lost"
+when = { properties = { deal = { properties = { amount = { minimum = 100000 } } } } }
+actions = [{ do = "create_task", title = "Why did we lose {deal.title} ({deal.amount})?" }]
+""",
+        "utf-8",
+    )
+    ids = []
+    for amount in ("50000", "150000.50"):
+        opened = invoke(
+            "deal", "open", "1", "--pipeline", "b2b", "--amount", amount, "--title", amount,
+            as_user="anna", json=True,
+        )  # fmt: skip
+        ids.append(opened.json["id"])
+    for deal_id in ids:
+        lost = invoke("deal", "lose", str(deal_id), "--reason", "price", as_user="anna")
+        assert lost.exit_code == 0, lost.stderr
+    [run] = invoke("automation", "log", "--rule", "big_loss", json=True).json
+    assert run["key"].startswith("stage_change:")
+    with reopened(deployment) as crm, crm.session() as s:
+        assert [t.title for t in s.tasks.list()] == ["Why did we lose 150000.50 (150000.5)?"]

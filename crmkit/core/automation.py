@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import decimal
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -555,7 +556,11 @@ def _fired(session: Session, rule: str, key: str) -> bool:
 
 
 def _plain(value: Any) -> Any:
-    """``value`` as JSON-able data (records as dicts, times as ISO text)."""
+    """``value`` as JSON-able data (records as dicts, times as ISO text, money as numbers).
+
+    Amounts are numbers, not the exact text of :func:`~crmkit.core.model.to_json`,
+    so that a condition can compare them (``{"minimum": 100000}`` ignores text).
+    """
     from .model import to_json
 
     if isinstance(value, Mapping):
@@ -564,8 +569,16 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
     if hasattr(value, "__attrs_attrs__"):
-        return _plain(to_json(value))
+        data = to_json(value)
+        if isinstance(data, dict):
+            for name in data:
+                found = getattr(value, name, None)
+                if isinstance(found, decimal.Decimal):
+                    data[name] = found
+        return _plain(data)
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)
