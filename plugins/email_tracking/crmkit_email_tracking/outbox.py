@@ -20,7 +20,8 @@ Templates: a template ``NAME`` is the files ``NAME.subject.j2``,
 ``NAME.html.j2`` and, optionally, ``NAME.txt.j2`` (without it the text part
 is made from the HTML), taken from the deployment's templates folder
 (``[plugin.email_tracking] templates``) when it has ``NAME.html.j2``, else
-from the templates that come with the plugin (``proposal``, ``thank_you``).
+from the templates that come with the plugin (``proposal``, ``thank_you``,
+``presentation``).
 """
 
 from __future__ import annotations
