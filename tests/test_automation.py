@@ -193,7 +193,7 @@ STALLED = """
 [automation.rules.stalled]
 schedule = "deal.stalled"
 actions = [
-    { do = "create_task", title = "Deal {deal.title} is stuck in {stage}: move it on", due = "+4h" },
+    { do = "create_task", title = "Deal {deal.title} is stuck in {stage}", due = "+4h" },
     { do = "create_task", title = "{deal.owner}'s deal {deal.title} is stuck", assignee = "head" },
 ]
 """
@@ -213,7 +213,7 @@ def test_the_scheduler_fires_once_per_stalled_stay(team: CRM) -> None:
             tasks = {t.assignee: t.title for t in s.tasks.list()}
         stage = stalled.pipelines["b2b"].first.name
         assert tasks == {
-            "anna": f"Deal Pumps is stuck in {stage}: move it on",
+            "anna": f"Deal Pumps is stuck in {stage}",
             "hanna": "anna's deal Pumps is stuck",
         }
         # moved on and stuck again: a new stay, a new occasion
@@ -229,7 +229,9 @@ def test_two_schedulers_at_once_fire_each_occasion_once(team: CRM) -> None:
     with team.session(as_user="anna") as s:
         client = s.clients.list()[0]
         for n in range(6):
-            s.deals.open(client.id, pipeline="b2b", title=f"D{n}", at=utcnow() - dt.timedelta(days=40))
+            s.deals.open(
+                client.id, pipeline="b2b", title=f"D{n}", at=utcnow() - dt.timedelta(days=40)
+            )
     stalled = configure(team, STALLED)
     other = CRM.open(stalled.config.root, plugins=stalled.plugins)
     errors: list[BaseException] = []
@@ -266,7 +268,11 @@ def test_dry_run_says_what_would_change_and_changes_nothing(rules: CRM) -> None:
         no = rules.automation.test(s, "interested_call", {"interaction": {"outcome": "x"}})
     assert answer["fires"] is True
     assert [a["do"] for a in answer["actions"]] == ["open_deal", "create_task"]
-    assert no == {"rule": "interested_call", "fires": False, "reason": "the condition does not hold"}
+    assert no == {
+        "rule": "interested_call",
+        "fires": False,
+        "reason": "the condition does not hold",
+    }
     with rules.session() as s:
         assert s.deals.list() == [] and s.tasks.list() == []
     assert runs(rules) == []
@@ -275,15 +281,27 @@ def test_dry_run_says_what_would_change_and_changes_nothing(rules: CRM) -> None:
 @pytest.mark.parametrize(
     ("text", "field", "reason"),
     [
-        ('event = "deal.won"\nactions = [{ do = "launch" }]', "actions.0", "unknown action 'launch'"),
+        (
+            'event = "deal.won"\nactions = [{ do = "launch" }]',
+            "actions.0",
+            "unknown action 'launch'",
+        ),
         (
             'event = "deal.won"\nactions = [{ do = "send_email", template = "t" }]',
             "actions.0",
             "crmkit-email-tracking",
         ),
-        ('event = "deal.wonn"\nactions = [{ do = "move_stage", to = "x" }]', "event", "unknown event"),
+        (
+            'event = "deal.wonn"\nactions = [{ do = "move_stage", to = "x" }]',
+            "event",
+            "unknown event",
+        ),
         ('actions = [{ do = "move_stage", to = "x" }]', "", "needs one trigger"),
-        ('schedule = "client.no_contact"\nactions = [{ do = "create_task", title = "x" }]', "params", "days"),
+        (
+            'schedule = "client.no_contact"\nactions = [{ do = "create_task", title = "x" }]',
+            "params",
+            "days",
+        ),
         ('event = "deal.won"\nactions = [{ do = "create_task" }]', "actions.0", "title"),
     ],
 )
