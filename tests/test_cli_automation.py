@@ -438,3 +438,64 @@ actions = [{ do = "create_task", title = "Why did we lose {deal.title} ({deal.am
     assert run["key"].startswith("stage_change:")
     with reopened(deployment) as crm, crm.session() as s:
         assert [t.title for t in s.tasks.list()] == ["Why did we lose 150000.50 (150000.5)?"]
+
+
+# -- docs/automation.rst ---------------------------------------------------------------------
+PAGE = EXAMPLES.parent / "automation.rst"
+
+
+def _toml_blocks(text: str) -> list[str]:
+    """The ``.. code-block:: toml`` blocks of a reST page, dedented."""
+    import re
+    import textwrap
+
+    blocks = re.findall(r"^\.\. code-block:: toml\n\n((?:(?:   .*)?\n)+)", text, re.MULTILINE)
+    return [textwrap.dedent(b) for b in blocks]
+
+
+def test_the_pages_rules_are_valid_rules(crm: CRM) -> None:
+    """Every TOML example of docs/automation.rst that defines rules loads in a deployment."""
+    import tomllib
+
+    blocks = [b for b in _toml_blocks(PAGE.read_text("utf-8")) if "[automation.rules." in b]
+    assert len(blocks) >= 3
+    with crm.session() as s:
+        s.teams.add("sales")
+    names = set()
+    for block in blocks:
+        rules = tomllib.loads(block)["automation"]["rules"]
+        names |= set(rules)
+        path = crm.config.root / "crmkit.toml"
+        original = path.read_text("utf-8")
+        path.write_text(original + "\n" + block, "utf-8")
+        try:
+            reopened(crm).close()  # a bad rule is a ConfigError here
+        finally:
+            path.write_text(original, "utf-8")
+    assert {"interested_call", "stalled_deal", "silent_client"} <= names
+    # the conditions shown are valid JSON Schemas over the payload
+    [conditions] = [b for b in _toml_blocks(PAGE.read_text("utf-8")) if "# a deal of" in b]
+    from crmkit.core.validation import check_schema
+
+    for line in conditions.splitlines():
+        if line.startswith("when = "):
+            check_schema(tomllib.loads(line)["when"], field="when")
+
+
+def test_the_page_describes_every_event_action_parameter_and_trigger(crm: CRM) -> None:
+    from crmkit.core.automation import EVENTS
+
+    text = PAGE.read_text("utf-8")
+    for event in EVENTS:
+        assert f"``{event}``" in text, event
+    for name, action in crm.automation.actions.items():
+        assert f"``{name}``" in text, name
+        for param in action.schema.get("properties", {}):
+            assert f"``{param}``" in text, f"{name}.{param}"
+    for name, trigger in crm.automation.triggers.items():
+        assert f"``{name}``" in text, name
+        for param in trigger.schema.get("properties", {}):
+            assert f"``{param}``" in text, f"{name}.{param}"
+    forms = ['``"owner"``', '``"actor"``', '``"head"``', 'by = "workload"', 'by = "round_robin"']
+    for form in forms:
+        assert form in text, form
