@@ -315,3 +315,93 @@ def test_bad_rules_are_refused_when_the_deployment_opens(
     assert info.value.field.startswith("automation.rules.bad")
     assert info.value.field.endswith(field) or field in info.value.field
     assert reason in str(info.value)
+
+
+EVERY_TRIGGER = """
+[automation.rules.on_client]
+event = "client.created"
+actions = [{ do = "create_task", title = "Welcome {client.name}", assignee = "actor" }]
+[automation.rules.on_move]
+event = "deal.stage_changed"
+when = { properties = { change = { properties = { from_stage = { type = "string" } } } } }
+actions = [{ do = "create_task", title = "{deal.title} moved to {change.to_stage}" }]
+[automation.rules.on_won]
+event = "deal.won"
+actions = [{ do = "create_task", title = "Thank {client.name} for {deal.title}" }]
+[automation.rules.on_lost]
+event = "deal.lost"
+actions = [{ do = "set_field", record = "deal", field = "title", value = "{deal.title} (lost)" }]
+[automation.rules.silent]
+schedule = "client.no_contact"
+params = { days = 10 }
+actions = [{ do = "create_task", title = "No word from {client.name} for {days} days" }]
+[automation.rules.due_soon]
+schedule = "task.due_soon"
+params = { hours = 2 }
+actions = [{ do = "create_task", title = "Soon: {task.title}", assignee = "head" }]
+[automation.rules.overdue]
+schedule = "task.overdue"
+actions = [{ do = "create_task", title = "Overdue: {task.title}", assignee = { user = "hanna" } }]
+"""
+
+
+def test_every_trigger_kind(team: CRM, quick_pipeline: None) -> None:
+    every = configure(team, EVERY_TRIGGER)
+    try:
+        with every.session(as_user="anna") as s:
+            beta = s.clients.create("Beta", email="beta@example.com", owner="anna")
+            won = s.deals.open(beta.id, pipeline="quick", title="Won one")
+            lost = s.deals.open(beta.id, pipeline="quick", title="Lost one")
+            s.deals.win(won.id)
+            s.deals.lose(lost.id, "price")
+            s.tasks.add("Send the contract", due=utcnow() + dt.timedelta(hours=1))
+            s.tasks.add("Call back", due=utcnow() - dt.timedelta(hours=1))
+        with every.session() as s:
+            titles = sorted(t.title for t in s.tasks.list())
+            assert s.deals.get(lost.id).title == "Lost one (lost)"
+        assert titles == sorted(
+            [
+                "Welcome Beta",
+                "Won one moved to won",
+                "Thank Beta for Won one",
+                "Lost one moved to lost",
+                "Send the contract",
+                "Call back",
+            ]
+        )
+        # ten days on: Acme and Beta have had no word; the tasks are due or overdue
+        later = utcnow() + dt.timedelta(days=11)
+        fired = every.automation.run_schedule(later)
+        assert sorted(r.rule for r in fired).count("silent") == 2
+        with every.session() as s:
+            made = {t.title: t.assignee for t in s.tasks.list()}
+        assert made["No word from Acme for 10 days"] == "anna"
+        assert made["Overdue: Call back"] == "hanna"
+        assert "Overdue: Send the contract" in made  # overdue by then too
+        soon = every.automation.run_schedule(utcnow())
+        assert [r.rule for r in soon if r.rule == "due_soon"] == ["due_soon"]
+        with every.session() as s:
+            assert {t.title: t.assignee for t in s.tasks.list()}["Soon: Send the contract"] == (
+                "hanna"
+            )
+    finally:
+        every.close()
+
+
+def test_round_robin_takes_turns(team: CRM) -> None:
+    turns = configure(
+        team,
+        """
+[automation.rules.turns]
+event = "interaction.logged"
+actions = [{ do = "create_task", title = "Call {client.name}", assignee = { team = "sales", by = "round_robin" } }]
+""",  # noqa: E501
+    )
+    try:
+        for _ in range(4):
+            call(turns, outcome="no_answer")
+        with turns.session() as s:
+            order = [t.assignee for t in sorted(s.tasks.list(), key=lambda t: t.id)]
+        assert order == ["anna", "boris", "vera", "anna"]
+    finally:
+        turns.close()

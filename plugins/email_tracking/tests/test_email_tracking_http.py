@@ -455,3 +455,24 @@ def test_opens_of_a_deleted_message_record_nothing(deployment: CRM, server: str)
     assert events(deployment, message["id"]) == []  # deleted with the message, none added
     request(server + path_of(other["html"], "o"), headers={"User-Agent": BROWSER})
     assert len(events(deployment, other["id"])) == 1
+
+
+def test_an_open_raises_the_automation_event(deployment: CRM) -> None:
+    """``email.opened`` reaches automation rules, with the message in the payload."""
+    rules = configure(
+        deployment,
+        '[automation.rules.opened]\nevent = "email.opened"\n'
+        "when = { properties = { document = { const = false } } }\n"
+        'actions = [{ do = "set_field", record = "deal", field = "title", '
+        'value = "{deal.title} (opened: {message.subject})" }]\n',
+    )
+    try:
+        message = sent_message(rules)
+        with serve_app(create_app(rules, access_log=False)) as base:
+            request(base + path_of(message["html"], "o"), headers={"User-Agent": BROWSER})
+            request(base + path_of(message["html"], "o"), headers={"User-Agent": BROWSER})
+        with rules.session(as_user="anna") as s:
+            [deal] = s.deals.list()
+        assert deal.title == "Acme order (opened: Our proposal)"  # once: one notice
+    finally:
+        rules.close()
