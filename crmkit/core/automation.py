@@ -48,7 +48,7 @@ import datetime as dt
 import decimal
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from attrs import define, field, frozen
@@ -215,6 +215,8 @@ class Automation:
         self.triggers: dict[str, TimeTrigger] = {}
         for trigger in crm.plugins.automation_triggers():
             self.triggers[trigger.name] = trigger
+        #: the events plugins declare (``crmkit_automation_events``), read once
+        self.extra_events = set(crm.plugins.automation_events())
         self.rules: dict[str, Rule] = {}
         for data, plugin in crm.plugins.automation_rules():
             rule = self._load(data, plugin)
@@ -295,11 +297,6 @@ class Automation:
             enabled=data.get("enabled", True),
             plugin=plugin,
         )
-
-    @property
-    def extra_events(self) -> set[str]:
-        """Events plugins declare with ``crmkit_automation_events``."""
-        return set(self.crm.plugins.automation_events())
 
     def rule(self, name: str) -> Rule:
         """The rule ``name``; :class:`NotFound` naming the known ones."""
@@ -587,8 +584,3 @@ def _plain(value: Any) -> Any:
 def payload_of(**records: Any) -> dict[str, Any]:
     """An event's payload: each record (attrs objects, dicts) as plain JSON data."""
     return {name: _plain(record) for name, record in records.items()}
-
-
-def iter_rules(automation: Automation, event: str) -> Iterator[Rule]:
-    """The enabled rules of ``event``."""
-    return (r for r in automation.rules.values() if r.enabled and r.event == event)

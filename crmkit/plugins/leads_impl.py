@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import hashlib
 import json
 import math
 import secrets
@@ -39,6 +38,7 @@ from crmkit.core.errors import (
 )
 from crmkit.core.model import Role
 from crmkit.core.schema import utcnow
+from crmkit.core.tokens import hash_token
 
 if TYPE_CHECKING:  # pragma: no cover
     from crmkit.core.app import CRM
@@ -205,9 +205,8 @@ class LeadKey:
     revoked_at: dt.datetime | None = None
 
 
-def hash_key(secret: str) -> str:
-    """The SHA-256 (hex) under which a key is stored."""
-    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+#: The SHA-256 (hex) under which a key is stored: the same digest as API tokens'.
+hash_key = hash_token
 
 
 class LeadKeys:
